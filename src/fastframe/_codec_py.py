@@ -1,0 +1,642 @@
+"""The pure-Python codec.
+
+The twin of ``_codec_c.pyx``: same names, same signatures, same results, same
+exceptions with the same messages (the parity tests hold both to that). It is
+also the type source for the public codec API.
+
+Reading functions take any buffer (bytes, bytearray, memoryview) and an offset
+and return ``(value, next_offset)``; offsets in error messages are relative to
+the buffer given. Encoders return whole frames as ``bytes``.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import ProtocolError
+from .schema import (
+    DEFAULT_MAX_FRAME, EOF_KEY, TABLES_BY_NAME, TABLES_BY_OPCODE, BatchStatus, Opcodes,
+)
+
+__all__ = [
+    "read_u8", "read_u16", "read_i32", "read_i64", "read_string", "read_string_map",
+    "read_u8_list", "read_u8_dict", "Writer", "read_frame_header", "decode_table_body",
+    "decode_eof_body", "decode_finished_body", "decode_ack_body", "decode_databatch_body",
+    "encode_frame", "encode_table_frame", "encode_eof_frame", "encode_finished_frame",
+    "encode_databatch_header", "encode_databatch_frame", "check_embedded", "project_databatch",
+]
+
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_I32 = struct.Struct("<i")
+_I64 = struct.Struct("<q")
+_TABLE_HEADER = struct.Struct("<iqB")
+_FRAME_HEADER = struct.Struct("<Bi")
+_unpack_i32 = _I32.unpack_from
+_pack_i32 = _I32.pack
+
+_ROW_TYPES = ("object", "dict", "tuple")
+_MAX_OPCODE = max(Opcodes)
+_ACK_NAMES = {Opcodes.BATCH_RECV_SUCCESS: "BATCH_RECV_SUCCESS",
+              Opcodes.BATCH_RECV_FAIL: "BATCH_RECV_FAIL"}
+# Wire key bytes -> the one str object used for that key in every row.
+_KEY_LOOKUP: Dict[int, Dict[bytes, str]] = {
+    op: {k.encode(): k for k in spec.required_keys} for op, spec in TABLES_BY_OPCODE.items()
+}
+_KEY_INDEX: Dict[int, Dict[str, int]] = {
+    op: {k: i for i, k in enumerate(spec.required_keys)} for op, spec in TABLES_BY_OPCODE.items()
+}
+
+
+# -- primitives -------------------------------------------------------------
+
+def _truncated(need: int, offset: int, size: int, opcode: Optional[int]) -> ProtocolError:
+    return ProtocolError(
+        f"truncated: need {need} bytes at offset {offset}, have {max(size - offset, 0)}", opcode)
+
+
+def _check_offset(offset: int) -> None:
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, not {offset}")
+
+
+def _read_fixed(st: struct.Struct, buf: Any, offset: int, opcode: Optional[int]) -> Tuple[int, int]:
+    _check_offset(offset)
+    end = offset + st.size
+    if end > len(buf):
+        raise _truncated(st.size, offset, len(buf), opcode)
+    return st.unpack_from(buf, offset)[0], end
+
+
+def read_u8(buf: Any, offset: int = 0) -> Tuple[int, int]:
+    """``[u8]`` at ``offset`` -> ``(value, offset + 1)``."""
+    return _read_fixed(_U8, buf, offset, None)
+
+
+def read_u16(buf: Any, offset: int = 0) -> Tuple[int, int]:
+    """``[u16 LE]`` at ``offset`` -> ``(value, offset + 2)``."""
+    return _read_fixed(_U16, buf, offset, None)
+
+
+def read_i32(buf: Any, offset: int = 0) -> Tuple[int, int]:
+    """``[i32 LE]`` at ``offset`` -> ``(value, offset + 4)``."""
+    return _read_fixed(_I32, buf, offset, None)
+
+
+def read_i64(buf: Any, offset: int = 0) -> Tuple[int, int]:
+    """``[i64 LE]`` at ``offset`` -> ``(value, offset + 8)``."""
+    return _read_fixed(_I64, buf, offset, None)
+
+
+def _read_string_bytes(buf: Any, offset: int, size: int, opcode: Optional[int]) -> Tuple[Any, int]:
+    """``[i32 n][n bytes]`` -> the n bytes (not decoded) and the next offset."""
+    if offset + 4 > size:
+        raise _truncated(4, offset, size, opcode)
+    n = _unpack_i32(buf, offset)[0]
+    if n < 0:
+        raise ProtocolError(f"negative string length {n} at offset {offset}", opcode)
+    start = offset + 4
+    end = start + n
+    if end > size:
+        raise _truncated(n, start, size, opcode)
+    return buf[start:end], end
+
+
+def _utf8(raw: Any, offset: int, opcode: Optional[int]) -> str:
+    try:
+        return str(raw, "utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"invalid UTF-8 in string at offset {offset}", opcode) from None
+
+
+def read_string(buf: Any, offset: int = 0) -> Tuple[str, int]:
+    """``[i32 n][n bytes of UTF-8]`` -> ``(str, next_offset)``."""
+    _check_offset(offset)
+    raw, end = _read_string_bytes(buf, offset, len(buf), None)
+    return _utf8(raw, offset, None), end
+
+
+def read_string_map(buf: Any, offset: int = 0) -> Tuple[Dict[str, str], int]:
+    """``[i32 nPairs]([key string][value string]) * nPairs`` -> ``(dict, next_offset)``.
+
+    A repeated key is an error (a map has one value per key).
+    """
+    _check_offset(offset)
+    size = len(buf)
+    if offset + 4 > size:
+        raise _truncated(4, offset, size, None)
+    n = _unpack_i32(buf, offset)[0]
+    if n < 0:
+        raise ProtocolError(f"negative pair count {n} at offset {offset}")
+    pos = offset + 4
+    result: Dict[str, str] = {}
+    for _ in range(n):
+        start = pos
+        raw, pos = _read_string_bytes(buf, pos, size, None)
+        key = _utf8(raw, start, None)
+        start = pos
+        raw, pos = _read_string_bytes(buf, pos, size, None)
+        value = _utf8(raw, start, None)
+        if key in result:
+            raise ProtocolError(f"duplicate key {key!r} in string map at offset {offset}")
+        result[key] = value
+    return result, pos
+
+
+def read_u8_list(buf: Any, offset: int = 0) -> Tuple[List[int], int]:
+    """``[u8 n][n x u8]`` -> ``(list, next_offset)``."""
+    n, pos = read_u8(buf, offset)
+    if pos + n > len(buf):
+        raise _truncated(n, pos, len(buf), None)
+    return list(bytes(buf[pos:pos + n])), pos + n
+
+
+def read_u8_dict(buf: Any, offset: int = 0) -> Tuple[Dict[int, int], int]:
+    """``[u8 n]([key u8][value u8]) * n`` -> ``(dict, next_offset)``; a repeated key is an error."""
+    n, pos = read_u8(buf, offset)
+    if pos + 2 * n > len(buf):
+        raise _truncated(2 * n, pos, len(buf), None)
+    raw = bytes(buf[pos:pos + 2 * n])
+    result: Dict[int, int] = {}
+    for i in range(0, 2 * n, 2):
+        if raw[i] in result:
+            raise ProtocolError(f"duplicate key {raw[i]} in u8 dict at offset {offset}")
+        result[raw[i]] = raw[i + 1]
+    return result, pos + 2 * n
+
+
+# -- writer -----------------------------------------------------------------
+
+def _check_range(name: str, value: Any, low: int, high: int) -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"{name} must be int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} out of range [{low}, {high}]: {value}")
+    return value
+
+
+class Writer:
+    """A growable output buffer with the protocol's primitive writers.
+
+    ``getvalue()`` returns the bytes written so far. Values out of range raise
+    ``ValueError``; values of the wrong type raise ``TypeError``.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def getvalue(self) -> bytes:
+        return bytes(self._buf)
+
+    def write_u8(self, value: int) -> None:
+        self._buf += _U8.pack(_check_range("u8", value, 0, 0xFF))
+
+    def write_u16(self, value: int) -> None:
+        self._buf += _U16.pack(_check_range("u16", value, 0, 0xFFFF))
+
+    def write_i32(self, value: int) -> None:
+        self._buf += _I32.pack(_check_range("i32", value, -(1 << 31), (1 << 31) - 1))
+
+    def write_i64(self, value: int) -> None:
+        self._buf += _I64.pack(_check_range("i64", value, -(1 << 63), (1 << 63) - 1))
+
+    def write_bytes(self, data: Any) -> None:
+        self._buf += data
+
+    def write_string(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"string must be str, not {type(value).__name__}")
+        raw = value.encode("utf-8")
+        self._buf += _pack_i32(len(raw))
+        self._buf += raw
+
+    def write_string_map(self, mapping: Mapping[str, str]) -> None:
+        self._buf += _pack_i32(len(mapping))
+        for key, value in mapping.items():
+            self.write_string(key)
+            self.write_string(value)
+
+    def write_u8_list(self, values: Sequence[int]) -> None:
+        if len(values) > 0xFF:
+            raise ValueError(f"u8 list too long: {len(values)} items, at most 255")
+        for v in values:
+            _check_range("u8 list item", v, 0, 0xFF)
+        self._buf.append(len(values))
+        self._buf += bytes(values)
+
+    def write_u8_dict(self, mapping: Mapping[int, int]) -> None:
+        if len(mapping) > 0xFF:
+            raise ValueError(f"u8 dict too long: {len(mapping)} items, at most 255")
+        self._buf.append(len(mapping))
+        for key, value in mapping.items():
+            self._buf.append(_check_range("u8 dict key", key, 0, 0xFF))
+            self._buf.append(_check_range("u8 dict value", value, 0, 0xFF))
+
+
+# -- frames -----------------------------------------------------------------
+
+def read_frame_header(buf: Any, offset: int = 0,
+                      max_length: int = DEFAULT_MAX_FRAME) -> Tuple[int, int]:
+    """``[u8 opcode][i32 length]`` -> ``(opcode, length)``.
+
+    An unknown opcode, a negative length or one over ``max_length`` is a
+    ``ProtocolError``: such a frame cannot be delimited or must not be read.
+    """
+    _check_offset(offset)
+    if offset + 5 > len(buf):
+        raise _truncated(5, offset, len(buf), None)
+    opcode, length = _FRAME_HEADER.unpack_from(buf, offset)
+    if opcode > _MAX_OPCODE:
+        raise ProtocolError(f"unknown opcode {opcode}", opcode)
+    if length < 0:
+        raise ProtocolError(f"negative frame length {length}", opcode)
+    if length > max_length:
+        raise ProtocolError(f"frame length {length} exceeds the limit of {max_length} bytes", opcode)
+    return opcode, length
+
+
+def encode_frame(opcode: int, body: Any) -> bytes:
+    """``[u8 opcode][i32 len(body)][body]``."""
+    _check_range("opcode", opcode, 0, 0xFF)
+    if len(body) > 0x7FFFFFFF:
+        raise ValueError(f"frame body too long: {len(body)} bytes")
+    return _FRAME_HEADER.pack(opcode, len(body)) + bytes(body)
+
+
+# -- table bodies -----------------------------------------------------------
+
+def _table_spec(opcode: int):
+    spec = TABLES_BY_OPCODE.get(opcode) if isinstance(opcode, int) else None
+    if spec is None:
+        raise ValueError(f"not a table opcode: {opcode!r}")
+    return spec
+
+
+def _column_indexes(spec, columns: Optional[Sequence[str]]) -> Tuple[int, ...]:
+    if columns is None:
+        return tuple(range(len(spec.required_keys)))
+    index = _KEY_INDEX[spec.opcode]
+    seen = set()
+    out = []
+    for c in columns:
+        i = index.get(c) if isinstance(c, str) else None
+        if i is None:
+            raise ValueError(f"unknown column {c!r} for table {spec.name}")
+        if i in seen:
+            raise ValueError(f"duplicate column {c!r}")
+        seen.add(i)
+        out.append(i)
+    return tuple(out)
+
+
+def _read_table_header(body: Any, size: int, opcode: int) -> Tuple[int, int, int]:
+    if size < 13:
+        raise _truncated(13, 0, size, opcode)
+    n_rows, batch_number, status = _TABLE_HEADER.unpack_from(body, 0)
+    if n_rows < 0:
+        raise ProtocolError(f"negative row count {n_rows}", opcode)
+    if status > BatchStatus.CANCEL:
+        raise ProtocolError(f"invalid batch status {status}", opcode)
+    return n_rows, batch_number, status
+
+
+def _scan_rows(opcode: int, body: Any, projected: bool):
+    """Validate a table body; yield nothing, return ``(batch, status, keys, rows)``.
+
+    ``rows`` is a list of lists of value strings, one list per row, indexed like
+    the table's required keys (``None`` where a projection left a key out);
+    ``keys`` are the keys present, in the first row's order (the required keys,
+    in spec order, for a full batch).
+    """
+    spec = TABLES_BY_OPCODE[opcode]
+    lookup = _KEY_LOOKUP[opcode]
+    index = _KEY_INDEX[opcode]
+    n_keys = len(spec.required_keys)
+    size = len(body)
+    n_rows, batch_number, status = _read_table_header(body, size, opcode)
+    # Every row takes at least its 4-byte pair count: reject impossible counts
+    # before building anything proportional to them.
+    if n_rows > (size - 13) // 4:
+        raise ProtocolError(f"row count {n_rows} exceeds what {size - 13} body bytes can hold",
+                            opcode)
+    pos = 13
+    # A full batch must carry the required keys; a projection, row 0's keys.
+    present: Optional[List[str]] = None if projected else list(spec.required_keys)
+    present_set: frozenset = frozenset()
+    expected = n_keys
+    rows = []
+    for r in range(n_rows):
+        if pos + 4 > size:
+            raise _truncated(4, pos, size, opcode)
+        n_pairs = _unpack_i32(body, pos)[0]
+        if present is not None and n_pairs != expected:
+            raise ProtocolError(f"row {r}: expected {expected} pairs, got {n_pairs}", opcode)
+        if n_pairs < 0 or n_pairs > n_keys:
+            raise ProtocolError(f"row {r}: expected at most {n_keys} pairs, got {n_pairs}", opcode)
+        pos += 4
+        values: List[Any] = [None] * n_keys
+        order = []
+        for _ in range(n_pairs):
+            start = pos
+            raw, pos = _read_string_bytes(body, pos, size, opcode)
+            key = lookup.get(bytes(raw))
+            if key is None:
+                key = _utf8(raw, start, opcode)
+                raise ProtocolError(f"row {r}: unknown key {key!r}", opcode)
+            i = index[key]
+            if values[i] is not None:
+                raise ProtocolError(f"row {r}: duplicate key {key!r}", opcode)
+            if projected and present is not None and key not in present_set:
+                raise ProtocolError(f"row {r}: key {key!r} not in the batch's columns", opcode)
+            start = pos
+            raw, pos = _read_string_bytes(body, pos, size, opcode)
+            values[i] = _utf8(raw, start, opcode)
+            order.append(key)
+        if present is None:
+            present = order
+            present_set = frozenset(order)
+            expected = n_pairs
+        rows.append(values)
+    if pos != size:
+        raise ProtocolError(f"{size - pos} trailing bytes after {n_rows} rows", opcode)
+    keys = tuple(present) if present is not None else ()
+    return batch_number, status, keys, rows
+
+
+def decode_table_body(opcode: int, body: Any, row_type: str = "object",
+                      columns: Optional[Sequence[str]] = None,
+                      projected: bool = False) -> Tuple[int, int, Tuple[str, ...], list]:
+    """Decode a table body (PROTOCOL.md §4) -> ``(batch_number, status, keys, rows)``.
+
+    Layout: ``[i32 nRows][i64 batchNumber][u8 status][string map] * nRows``.
+
+    ``row_type`` picks the row shape: ``"object"`` (the table's row class,
+    e.g. ``RawTransaction``), ``"dict"`` (keys in wire order) or ``"tuple"``
+    (values in ``columns`` order, default the table's required keys). Every
+    row must carry exactly the table's required keys; with ``projected=True``
+    (a DataBatch's embedded body, §6) every row must carry the same subset of
+    them instead, and a key left out reads as ``None`` in objects and tuples.
+    ``keys`` are the keys the rows carry.
+    """
+    spec = _table_spec(opcode)
+    if row_type not in _ROW_TYPES:
+        raise ValueError(f"row_type must be 'object', 'dict' or 'tuple', not {row_type!r}")
+    picks = _column_indexes(spec, columns) if row_type == "tuple" else ()
+    batch_number, status, keys, raw_rows = _scan_rows(opcode, body, projected)
+    if row_type == "object":
+        new = tuple.__new__
+        cls = spec.row_class
+        rows: list = [new(cls, values) for values in raw_rows]
+    elif row_type == "tuple":
+        rows = [tuple([values[i] for i in picks]) for values in raw_rows]
+    else:
+        index = _KEY_INDEX[opcode]
+        rows = [{k: values[index[k]] for k in keys} for values in raw_rows]
+    return batch_number, status, keys, rows
+
+
+def decode_eof_body(body: Any) -> Tuple[int, str]:
+    """Decode an EOF body (PROTOCOL.md §5) -> ``(batch_number, table_type)``."""
+    opcode = Opcodes.EOF
+    size = len(body)
+    n_rows, batch_number, status = _read_table_header(body, size, opcode)
+    if n_rows != 1:
+        raise ProtocolError(f"EOF: expected 1 row, got {n_rows}", opcode)
+    if status != BatchStatus.EOF:
+        raise ProtocolError(f"EOF: expected status 1 (EOF), got {status}", opcode)
+    if 17 > size:
+        raise _truncated(4, 13, size, opcode)
+    n_pairs = _unpack_i32(body, 13)[0]
+    if n_pairs != 1:
+        raise ProtocolError(f"EOF: expected 1 pair, got {n_pairs}", opcode)
+    raw, pos = _read_string_bytes(body, 17, size, opcode)
+    key = _utf8(raw, 17, opcode)
+    if key != EOF_KEY:
+        raise ProtocolError(f"EOF: expected key 'table_type', got {key!r}", opcode)
+    start = pos
+    raw, pos = _read_string_bytes(body, pos, size, opcode)
+    table_type = _utf8(raw, start, opcode)
+    if table_type not in TABLES_BY_NAME:
+        raise ProtocolError(f"EOF: unknown table type {table_type!r}", opcode)
+    if pos != size:
+        raise ProtocolError(f"{size - pos} trailing bytes after 1 rows", opcode)
+    return batch_number, TABLES_BY_NAME[table_type].name
+
+
+def decode_finished_body(body: Any) -> int:
+    """Decode a FINISHED body ``[i32 agency_id]`` -> ``agency_id``."""
+    if len(body) != 4:
+        raise ProtocolError(f"FINISHED body must be 4 bytes, got {len(body)}", Opcodes.FINISHED)
+    return _unpack_i32(body, 0)[0]
+
+
+def decode_ack_body(opcode: int, body: Any) -> None:
+    """Check an ACK body (opcodes 1 and 2): it must be empty."""
+    name = _ACK_NAMES.get(opcode)
+    if name is None:
+        raise ValueError(f"not an ACK opcode: {opcode!r}")
+    if len(body) != 0:
+        raise ProtocolError(f"{name} body must be empty, got {len(body)} bytes", opcode)
+
+
+# -- DataBatch --------------------------------------------------------------
+
+def decode_databatch_body(body: Any):
+    """Decode a DataBatch body (PROTOCOL.md §6).
+
+    Layout: ``[u8 list table_ids][u8 list query_ids][u16 reserved][i64 batch_number]
+    [u8 dict meta][u16 total_shards][u16 shard_num][u8 opcode][i32 length][body]``.
+
+    Returns ``(table_ids, query_ids, reserved, batch_number, meta, total_shards,
+    shard_num, inner_opcode, inner_offset)``; the embedded body is
+    ``body[inner_offset:]``, which this function has checked is exactly
+    ``length`` bytes long. It does not decode the embedded body.
+    """
+    opcode = Opcodes.DATA_BATCH
+    size = len(body)
+    try:
+        table_ids, pos = read_u8_list(body, 0)
+        query_ids, pos = read_u8_list(body, pos)
+        reserved, pos = read_u16(body, pos)
+        batch_number, pos = read_i64(body, pos)
+        meta, pos = read_u8_dict(body, pos)
+        total_shards, pos = read_u16(body, pos)
+        shard_num, pos = read_u16(body, pos)
+    except ProtocolError as exc:
+        raise ProtocolError(exc.message, opcode) from None
+    if pos + 5 > size:
+        raise _truncated(5, pos, size, opcode)
+    inner_opcode, inner_length = _FRAME_HEADER.unpack_from(body, pos)
+    if inner_opcode == Opcodes.DATA_BATCH:
+        raise ProtocolError("nested DataBatch", opcode)
+    if inner_opcode > _MAX_OPCODE:
+        raise ProtocolError(f"unknown opcode {inner_opcode}", opcode)
+    if inner_opcode in _ACK_NAMES:
+        raise ProtocolError(f"DataBatch cannot embed opcode {inner_opcode}", opcode)
+    pos += 5
+    if inner_length != size - pos:
+        raise ProtocolError(
+            f"embedded frame length {inner_length} does not match the {size - pos} bytes left",
+            opcode)
+    return (table_ids, query_ids, reserved, batch_number, meta, total_shards, shard_num,
+            inner_opcode, pos)
+
+
+def encode_databatch_header(table_ids: Sequence[int], query_ids: Sequence[int], reserved: int,
+                            batch_number: int, meta: Mapping[int, int], total_shards: int,
+                            shard_num: int) -> bytes:
+    """Encode a DataBatch body's header, everything before the embedded frame.
+
+    Invalid values raise ``ValueError`` (out of range, too many items) or
+    ``TypeError`` (not an int).
+    """
+    return bytes(_databatch_header(table_ids, query_ids, reserved, batch_number, meta,
+                                   total_shards, shard_num)._buf)
+
+
+def _databatch_header(table_ids: Sequence[int], query_ids: Sequence[int], reserved: int,
+                      batch_number: int, meta: Mapping[int, int], total_shards: int,
+                      shard_num: int) -> Writer:
+    w = Writer()
+    w.write_u8_list(table_ids)
+    w.write_u8_list(query_ids)
+    w.write_u16(reserved)
+    w.write_i64(batch_number)
+    w.write_u8_dict(meta)
+    w.write_u16(total_shards)
+    w.write_u16(shard_num)
+    return w
+
+
+def check_embedded(embedded: Any) -> None:
+    """Check that ``embedded`` is one well-framed message a DataBatch may carry.
+
+    Raises ``ValueError`` otherwise: ``[u8 opcode][i32 n][n bytes]``, exactly,
+    and not itself a DataBatch.
+    """
+    size = len(embedded)
+    if size < 5 or _unpack_i32(embedded, 1)[0] != size - 5:
+        raise ValueError("embedded bytes are not one well-framed message ([u8][i32 n][n bytes])")
+    inner_opcode = embedded[0]
+    if inner_opcode == Opcodes.DATA_BATCH:
+        raise ValueError("a DataBatch cannot embed a DataBatch")
+
+
+def encode_databatch_frame(table_ids: Sequence[int], query_ids: Sequence[int], reserved: int,
+                           batch_number: int, meta: Mapping[int, int], total_shards: int,
+                           shard_num: int, embedded: Any) -> bytes:
+    """Encode a whole DataBatch frame around ``embedded``, an already framed message.
+
+    Invalid header values or an embedded value that is not one well-framed
+    message raise ``ValueError``.
+    """
+    w = _databatch_header(table_ids, query_ids, reserved, batch_number, meta,
+                          total_shards, shard_num)
+    check_embedded(embedded)
+    w.write_bytes(embedded)
+    return encode_frame(Opcodes.DATA_BATCH, w._buf)
+
+
+# -- encoders ---------------------------------------------------------------
+
+def _row_values(spec, row: Any, r: int, columns: Sequence[str], picks: Tuple[int, ...]) -> list:
+    if isinstance(row, spec.row_class):
+        return [row[i] for i in picks]
+    if isinstance(row, Mapping):
+        if len(row) != len(columns):
+            raise ValueError(f"row {r}: expected keys {list(columns)}, got {list(row)}")
+        try:
+            return [row[c] for c in columns]
+        except KeyError as exc:
+            raise ValueError(f"row {r}: missing key {exc.args[0]!r}") from None
+    if isinstance(row, (tuple, list)):
+        if len(row) != len(columns):
+            raise ValueError(f"row {r}: expected {len(columns)} values, got {len(row)}")
+        return list(row)
+    raise TypeError(f"row {r}: expected a mapping, a {spec.row_class.__name__} or a sequence, "
+                    f"not {type(row).__name__}")
+
+
+def encode_table_frame(opcode: int, batch_number: int, status: int, rows: Sequence[Any],
+                       columns: Optional[Sequence[str]] = None) -> bytes:
+    """Encode a table batch frame: ``[u8 opcode][i32 len][table body]`` (PROTOCOL.md §4).
+
+    Each row is a mapping (key -> str), an instance of the table's row class,
+    or a sequence of values in ``columns`` order. ``columns`` (default: the
+    table's required keys, in spec order) are the keys written, in that order;
+    a subset makes a projected body (§8).
+    """
+    spec = _table_spec(opcode)
+    picks = _column_indexes(spec, columns)
+    names = [spec.required_keys[i] for i in picks]
+    _check_range("batch_number", batch_number, -(1 << 63), (1 << 63) - 1)
+    if status not in (0, 1, 2):
+        raise ValueError(f"invalid batch status {status!r}")
+    if len(rows) > 0x7FFFFFFF:
+        raise ValueError(f"too many rows: {len(rows)}")
+    encoded_keys = [_pack_i32(len(k)) + k.encode() for k in names]
+    parts = [b"", _TABLE_HEADER.pack(len(rows), batch_number, status)]
+    n_pairs = _pack_i32(len(names))
+    for r, row in enumerate(rows):
+        values = _row_values(spec, row, r, names, picks)
+        parts.append(n_pairs)
+        for key, name, value in zip(encoded_keys, names, values):
+            if not isinstance(value, str):
+                raise TypeError(f"row {r}: value of {name!r} must be str, not "
+                                f"{type(value).__name__}")
+            raw = value.encode("utf-8")
+            parts.append(key)
+            parts.append(_pack_i32(len(raw)))
+            parts.append(raw)
+    body_size = sum(map(len, parts))
+    if body_size > 0x7FFFFFFF:
+        raise ValueError(f"frame body too long: {body_size} bytes")
+    parts[0] = _FRAME_HEADER.pack(opcode, body_size)
+    return b"".join(parts)
+
+
+def encode_eof_frame(batch_number: int, table_type: str) -> bytes:
+    """Encode an EOF frame (PROTOCOL.md §5) for ``table_type``."""
+    if table_type not in TABLES_BY_NAME:
+        raise ValueError(f"unknown table type {table_type!r}")
+    _check_range("batch_number", batch_number, -(1 << 63), (1 << 63) - 1)
+    w = Writer()
+    w.write_bytes(_TABLE_HEADER.pack(1, batch_number, BatchStatus.EOF))
+    w.write_string_map({EOF_KEY: table_type})
+    return encode_frame(Opcodes.EOF, w._buf)
+
+
+def encode_finished_frame(agency_id: int) -> bytes:
+    """Encode a FINISHED frame: ``[u8 3][i32 4][i32 agency_id]``."""
+    _check_range("agency_id", agency_id, -(1 << 31), (1 << 31) - 1)
+    return _FRAME_HEADER.pack(Opcodes.FINISHED, 4) + _pack_i32(agency_id)
+
+
+def project_databatch(opcode: int, body: Any, table_ids: Sequence[int],
+                      query_ids: Sequence[int], meta: Mapping[int, int], total_shards: int,
+                      shard_num: int, reserved: int = 0,
+                      columns: Optional[Sequence[str]] = None) -> bytes:
+    """Validate a client table body and wrap its projection in a DataBatch frame.
+
+    The one step the orchestrator does per batch (PROTOCOL.md §8): the body
+    is validated exactly as ``decode_table_body`` does (same errors), the
+    rows keep ``columns`` (default: the table's kept columns, in §8 order),
+    and the result is a whole DataBatch frame whose ``batch_number`` is the
+    batch's own, embedding the projected table frame.
+    """
+    spec = _table_spec(opcode)
+    picks = _column_indexes(spec, spec.kept_columns if columns is None else columns)
+    # Header arguments are checked before the body; the batch number is patched in.
+    header = _databatch_header(table_ids, query_ids, reserved, 0, meta, total_shards, shard_num)
+    batch_number, status, _, raw_rows = _scan_rows(opcode, body, False)
+    number_at = 1 + len(table_ids) + 1 + len(query_ids) + 2
+    header._buf[number_at:number_at + 8] = _I64.pack(batch_number)
+    names = [spec.required_keys[i] for i in picks]
+    header.write_bytes(encode_table_frame(
+        opcode, batch_number, status, [[values[i] for i in picks] for values in raw_rows], names))
+    return encode_frame(Opcodes.DATA_BATCH, header._buf)

@@ -1,0 +1,38 @@
+"""The one fixture every codec test runs through: both implementations.
+
+``codec`` is the implementation module (``fastframe._codec_c`` or
+``fastframe._codec_py``) and is also installed as ``fastframe.codec.impl`` for
+the test, so the message classes, ``recv_msg`` and the frame readers run on it
+too. A missing extension fails the ``c`` cases; it never skips them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import fastframe.codec
+
+IMPLEMENTATIONS = ("c", "python")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CONFORMANCE = SHARED / "conformance"
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def codec(request, monkeypatch):
+    module = fastframe.codec.load(request.param)
+    monkeypatch.setattr(fastframe.codec, "impl", module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def both_codecs():
+    """Both implementations at once, for cross-implementation checks."""
+    return {name: fastframe.codec.load(name) for name in IMPLEMENTATIONS}
+
+
+@pytest.fixture(scope="session")
+def conformance_dir() -> Path:
+    if not CONFORMANCE.is_dir():
+        pytest.fail(f"conformance data not found at {CONFORMANCE}")
+    return CONFORMANCE
