@@ -1,0 +1,412 @@
+"""The orchestrator-facing message classes and ``recv_msg``.
+
+The names and attributes follow the original orchestrator's protocol package
+(``rows``, ``amount``, ``batch_number``, ``batch_status``, ``read_from(sock,
+length)``, ``write_to(sock)``, ``to_bytes()``, ``DataBatch.make_embedded`` …),
+so an orchestrator written against it switches by changing its import. The
+bytes are parsed and built by whichever codec ``fastframe.codec`` loaded.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+
+from . import codec
+from .errors import ProtocolError
+from .schema import (
+    DEFAULT_MAX_FRAME, FRAME_HEADER_SIZE, TABLES_BY_NAME, TABLES_BY_OPCODE, BatchStatus, Opcodes,
+    TableSpec,
+)
+
+__all__ = [
+    "TableMessage", "NewMenuItems", "NewStores", "NewTransactionItems", "NewTransactions",
+    "NewUsers", "EOFMessage", "Finished", "BatchRecvSuccess", "BatchRecvFail", "DataBatch",
+    "recv_msg", "decode_message", "decode_frame",
+]
+
+
+def _recv_exactly(sock: Any, length: int, received_before: int = 0) -> bytearray:
+    """``length`` bytes from ``sock``, read straight into one buffer."""
+    buf = bytearray(length)
+    view = memoryview(buf)
+    got = 0
+    while got < length:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            if got + received_before == 0:
+                raise EOFError("peer closed the connection")
+            raise EOFError(f"peer closed mid-frame ({received_before + got} bytes received)")
+        got += n
+    return buf
+
+
+def _read_body(sock: Any, length: int, opcode: int) -> bytearray:
+    if length < 0:
+        raise ProtocolError(f"negative frame length {length}", opcode)
+    return _recv_exactly(sock, length, FRAME_HEADER_SIZE)
+
+
+class _Message:
+    """Equality and repr over ``_fields``: messages are values."""
+
+    __slots__ = ()
+    _fields: ClassVar[Tuple[str, ...]] = ()
+    opcode: ClassVar[int]
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    __hash__ = None  # type: ignore[assignment]  (mutable)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{type(self).__name__}({inner})"
+
+    def to_bytes(self) -> bytes:
+        raise NotImplementedError
+
+    def write_to(self, sock: Any) -> None:
+        """Send the whole frame (``sock.sendall``)."""
+        sock.sendall(self.to_bytes())
+
+
+# -- table batches ----------------------------------------------------------
+
+class TableMessage(_Message):
+    """A batch of rows of one table (opcodes 4–8, PROTOCOL.md §4).
+
+    Wire body: ``[i32 nRows][i64 batchNumber][u8 status][string map] * nRows``.
+    ``rows`` are row objects (``RawStore`` …) by default; ``columns`` are the
+    keys the rows carry (all required keys, or a projection's inside a
+    DataBatch); ``amount`` is the number of rows.
+    """
+
+    __slots__ = ("rows", "batch_number", "batch_status", "columns", "_row_factory")
+    _fields = ("rows", "batch_number", "batch_status", "columns")
+    table: ClassVar[TableSpec]
+
+    def __init__(self, opcode: Optional[int] = None,
+                 required_keys: Optional[Sequence[str]] = None,
+                 row_factory: Optional[Callable[..., Any]] = None, *,
+                 rows: Optional[List[Any]] = None, batch_number: int = 0,
+                 batch_status: int = BatchStatus.CONTINUE,
+                 columns: Optional[Sequence[str]] = None) -> None:
+        spec = _spec_for(type(self), opcode)
+        if required_keys is not None and tuple(required_keys) != spec.required_keys:
+            raise ValueError(f"required_keys of {spec.name} are {spec.required_keys}")
+        if batch_status not in tuple(BatchStatus):
+            raise ValueError(f"invalid batch status {batch_status!r}")
+        self.rows = [] if rows is None else rows
+        self.batch_number = batch_number
+        self.batch_status = batch_status
+        self.columns = spec.required_keys if columns is None else tuple(columns)
+        self._row_factory = row_factory
+
+    @property
+    def opcode(self) -> int:  # type: ignore[override]
+        return self.table.opcode
+
+    @property
+    def amount(self) -> int:
+        return len(self.rows)
+
+    def read_from(self, sock: Any, length: int) -> None:
+        """Read and decode a ``length``-byte table body from ``sock``."""
+        self._decode(_read_body(sock, length, self.opcode))
+
+    def _decode(self, body: Any, row_type: str = "object", projected: bool = False) -> None:
+        factory = self._row_factory
+        if factory is not None and factory is not self.table.row_class:
+            row_type = "dict"
+        (self.batch_number, self.batch_status, self.columns,
+         self.rows) = codec.impl.decode_table_body(self.opcode, body, row_type, None, projected)
+        if factory is not None and factory is not self.table.row_class:
+            self.rows = [factory(**row) for row in self.rows]
+
+    def to_bytes(self) -> bytes:
+        """The whole frame: ``[u8 opcode][i32 length][table body]``."""
+        columns = None if self.columns == self.table.required_keys else self.columns
+        return codec.impl.encode_table_frame(self.opcode, self.batch_number, self.batch_status,
+                                             self.rows, columns)
+
+
+def _spec_for(cls: type, opcode: Optional[int]) -> TableSpec:
+    spec = getattr(cls, "table", None)
+    if spec is None:
+        if opcode not in TABLES_BY_OPCODE:
+            raise ValueError(f"not a table opcode: {opcode!r}")
+        spec = TABLES_BY_OPCODE[opcode]
+    elif opcode is not None and opcode != spec.opcode:
+        raise ValueError(f"{cls.__name__} has opcode {spec.opcode}, not {opcode!r}")
+    return spec
+
+
+class NewMenuItems(TableMessage):
+    """NEW_MENU_ITEMS (4): rows of ``RawMenuItems``."""
+
+    __slots__ = ()
+    table = TABLES_BY_NAME["menu_items"]
+
+
+class NewStores(TableMessage):
+    """NEW_STORES (5): rows of ``RawStore``."""
+
+    __slots__ = ()
+    table = TABLES_BY_NAME["stores"]
+
+
+class NewTransactionItems(TableMessage):
+    """NEW_TRANSACTION_ITEMS (6): rows of ``RawTransactionItem``."""
+
+    __slots__ = ()
+    table = TABLES_BY_NAME["transaction_items"]
+
+
+class NewTransactions(TableMessage):
+    """NEW_TRANSACTION (7): rows of ``RawTransaction``."""
+
+    __slots__ = ()
+    table = TABLES_BY_NAME["transactions"]
+
+
+class NewUsers(TableMessage):
+    """NEW_USERS (8): rows of ``RawUser``."""
+
+    __slots__ = ()
+    table = TABLES_BY_NAME["users"]
+
+
+_TABLE_CLASSES: Dict[int, type] = {
+    cls.table.opcode: cls
+    for cls in (NewMenuItems, NewStores, NewTransactionItems, NewTransactions, NewUsers)
+}
+
+
+# -- EOF, FINISHED, ACKs ----------------------------------------------------
+
+class EOFMessage(TableMessage):
+    """EOF (9): every file of ``table_type`` has been sent (PROTOCOL.md §5).
+
+    Wire body: ``[i32 1][i64 batchNumber][u8 1][i32 1]["table_type"][name]``.
+    It carries no rows (``rows == []``) and ``amount`` is 1, as on the wire.
+    """
+
+    __slots__ = ("table_type",)
+    _fields = ("batch_number", "table_type")
+    opcode = Opcodes.EOF  # type: ignore[assignment]
+
+    def __init__(self, batch_number: int = 0, table_type: str = "menu_items") -> None:
+        if table_type not in TABLES_BY_NAME:
+            raise ValueError(f"unknown table type {table_type!r}")
+        self.rows = []
+        self.columns = ("table_type",)
+        self.batch_number = batch_number
+        self.batch_status = BatchStatus.EOF
+        self.table_type = table_type
+        self._row_factory = None
+
+    @staticmethod
+    def create_eof_message(batch_number: int, table_type: str) -> "EOFMessage":
+        return EOFMessage(batch_number, table_type)
+
+    @property
+    def amount(self) -> int:
+        return 1
+
+    def get_table_type(self) -> str:
+        return self.table_type
+
+    def read_from(self, sock: Any, length: int) -> None:
+        self._decode(_read_body(sock, length, Opcodes.EOF))
+
+    def _decode(self, body: Any, row_type: str = "object", projected: bool = False) -> None:
+        self.batch_number, self.table_type = codec.impl.decode_eof_body(body)
+        self.batch_status = BatchStatus.EOF
+        self.columns = ("table_type",)
+        self.rows = []
+
+    def to_bytes(self) -> bytes:
+        return codec.impl.encode_eof_frame(self.batch_number, self.table_type)
+
+
+class Finished(_Message):
+    """FINISHED (3): the agency has sent everything. Body ``[i32 agency_id]``."""
+
+    __slots__ = ("agency_id",)
+    _fields = ("agency_id",)
+    opcode = Opcodes.FINISHED
+
+    def __init__(self, agency_id: int = 0) -> None:
+        self.agency_id = agency_id
+
+    def read_from(self, sock: Any, length: int) -> None:
+        self._decode(_read_body(sock, length, self.opcode))
+
+    def _decode(self, body: Any, row_type: str = "object", projected: bool = False) -> None:
+        self.agency_id = codec.impl.decode_finished_body(body)
+
+    def to_bytes(self) -> bytes:
+        return codec.impl.encode_finished_frame(self.agency_id)
+
+
+class _Ack(_Message):
+    __slots__ = ()
+
+    def read_from(self, sock: Any, length: int) -> None:
+        self._decode(_read_body(sock, length, self.opcode))
+
+    def _decode(self, body: Any, row_type: str = "object", projected: bool = False) -> None:
+        codec.impl.decode_ack_body(self.opcode, body)
+
+    def to_bytes(self) -> bytes:
+        return codec.impl.encode_frame(self.opcode, b"")
+
+
+class BatchRecvSuccess(_Ack):
+    """BATCH_RECV_SUCCESS (1): the batch reached the sink. Empty body."""
+
+    __slots__ = ()
+    opcode = Opcodes.BATCH_RECV_SUCCESS
+
+
+class BatchRecvFail(_Ack):
+    """BATCH_RECV_FAIL (2): the batch was invalid or could not be forwarded. Empty body."""
+
+    __slots__ = ()
+    opcode = Opcodes.BATCH_RECV_FAIL
+
+
+# -- DataBatch --------------------------------------------------------------
+
+class DataBatch(_Message):
+    """DATA_BATCH (0): the orchestrator's routing envelope (PROTOCOL.md §6).
+
+    Wire body: ``[u8 list table_ids][u8 list query_ids][u16 reserved]
+    [i64 batch_number][u8 dict meta][u16 total_shards][u16 shard_num]
+    [embedded frame]``. ``batch_bytes`` is the embedded frame, whole;
+    ``batch_msg`` the message it decodes to. Invalid header values raise
+    ``ValueError`` (``TypeError`` for non-integers) at construction.
+    ``batch_number`` defaults to the embedded batch's own (0 for FINISHED).
+    """
+
+    __slots__ = ("table_ids", "query_ids", "reserved_u16", "batch_number", "meta",
+                 "total_shards", "shard_num", "batch_bytes", "_batch_msg")
+    _fields = ("table_ids", "query_ids", "reserved_u16", "batch_number", "meta",
+               "total_shards", "shard_num", "batch_bytes")
+    opcode = Opcodes.DATA_BATCH
+
+    def __init__(self, *, table_ids: Optional[Sequence[int]] = None,
+                 query_ids: Optional[Sequence[int]] = None,
+                 meta: Optional[Dict[int, int]] = None, total_shards: Optional[int] = None,
+                 shard_num: Optional[int] = None, reserved_u16: int = 0,
+                 batch_bytes: Optional[bytes] = None, batch_number: Optional[int] = None) -> None:
+        if batch_bytes is not None:
+            codec.impl.check_embedded(batch_bytes)
+            batch_bytes = bytes(batch_bytes)
+        if batch_number is None:
+            batch_number = _embedded_batch_number(batch_bytes)
+        self.table_ids = list(table_ids or ())
+        self.query_ids = list(query_ids or ())
+        self.meta = dict(meta or {})
+        self.total_shards = 0 if total_shards is None else total_shards
+        self.shard_num = 0 if shard_num is None else shard_num
+        self.reserved_u16 = reserved_u16
+        self.batch_number = batch_number
+        self.batch_bytes = batch_bytes
+        self._batch_msg: Any = None
+        self._header()  # validates every header value
+
+    @staticmethod
+    def make_embedded(inner_opcode: int, inner_body: Any) -> bytes:
+        """Frame a message body for embedding: ``[u8 opcode][i32 len][body]``."""
+        return codec.impl.encode_frame(inner_opcode, inner_body)
+
+    @property
+    def batch_msg(self) -> Any:
+        """The embedded message, decoded (a projection decodes with ``None`` for dropped keys)."""
+        if self._batch_msg is None and self.batch_bytes is not None:
+            frame = self.batch_bytes
+            self._batch_msg = decode_message(frame[0], memoryview(frame)[FRAME_HEADER_SIZE:],
+                                             projected=True)
+        return self._batch_msg
+
+    def _header(self) -> bytes:
+        return codec.impl.encode_databatch_header(
+            self.table_ids, self.query_ids, self.reserved_u16, self.batch_number, self.meta,
+            self.total_shards, self.shard_num)
+
+    def to_bytes(self) -> bytes:
+        if self.batch_bytes is None:
+            raise ValueError("DataBatch has no embedded message (batch_bytes)")
+        return codec.impl.encode_databatch_frame(
+            self.table_ids, self.query_ids, self.reserved_u16, self.batch_number, self.meta,
+            self.total_shards, self.shard_num, self.batch_bytes)
+
+    def read_from(self, sock: Any, length: int) -> None:
+        self._decode(_read_body(sock, length, self.opcode))
+
+    def _decode(self, body: Any, row_type: str = "object", projected: bool = False) -> None:
+        (self.table_ids, self.query_ids, self.reserved_u16, self.batch_number, self.meta,
+         self.total_shards, self.shard_num, inner_opcode,
+         inner_at) = codec.impl.decode_databatch_body(body)
+        self.batch_bytes = bytes(body[inner_at - FRAME_HEADER_SIZE:])
+        self._batch_msg = decode_message(inner_opcode, memoryview(body)[inner_at:],
+                                         row_type=row_type, projected=True)
+
+
+def _embedded_batch_number(frame: Optional[bytes]) -> int:
+    # Table and EOF bodies start [i32 nRows][i64 batchNumber]; FINISHED has none.
+    if frame is None or frame[0] not in TABLES_BY_OPCODE and frame[0] != Opcodes.EOF:
+        return 0
+    if len(frame) < FRAME_HEADER_SIZE + 12:
+        raise ValueError("embedded table frame is too short to hold a batch number")
+    return int.from_bytes(frame[9:17], "little", signed=True)
+
+
+# -- decoding entry points --------------------------------------------------
+
+_SIMPLE_CLASSES: Dict[int, type] = {
+    Opcodes.DATA_BATCH: DataBatch, Opcodes.BATCH_RECV_SUCCESS: BatchRecvSuccess,
+    Opcodes.BATCH_RECV_FAIL: BatchRecvFail, Opcodes.FINISHED: Finished, Opcodes.EOF: EOFMessage,
+}
+
+
+def decode_message(opcode: int, body: Any, row_type: str = "object",
+                   projected: bool = False) -> Any:
+    """Decode one frame's body into its message object.
+
+    ``row_type`` (``"object"``, ``"dict"`` or ``"tuple"``) shapes table rows;
+    ``projected`` accepts a projected table body (a DataBatch's embedded one).
+    """
+    cls = _TABLE_CLASSES.get(opcode) or _SIMPLE_CLASSES.get(opcode)
+    if cls is None:
+        raise ProtocolError(f"unknown opcode {opcode}", opcode)
+    msg = cls.__new__(cls)
+    if issubclass(cls, TableMessage):
+        msg._row_factory = None
+    msg._decode(body, row_type, projected)
+    return msg
+
+
+def decode_frame(frame: Any, max_frame: int = DEFAULT_MAX_FRAME, row_type: str = "object") -> Any:
+    """Decode one whole frame (header included) held in memory."""
+    opcode, length = codec.impl.read_frame_header(frame, 0, max_frame)
+    view = memoryview(frame)
+    if len(view) != FRAME_HEADER_SIZE + length:
+        raise ProtocolError(
+            f"frame length {length} does not match the {len(view) - FRAME_HEADER_SIZE} "
+            f"bytes given", opcode)
+    return decode_message(opcode, view[FRAME_HEADER_SIZE:], row_type)
+
+
+def recv_msg(sock: Any, max_frame: int = DEFAULT_MAX_FRAME, row_type: str = "object") -> Any:
+    """Read one whole message from a blocking socket and decode it.
+
+    Raises ``EOFError`` when the peer closes (before or inside the frame) and
+    ``ProtocolError`` for a malformed frame; a frame over ``max_frame`` is
+    refused from its header, before anything is allocated for it.
+    """
+    header = _recv_exactly(sock, FRAME_HEADER_SIZE)
+    opcode, length = codec.impl.read_frame_header(header, 0, max_frame)
+    return decode_message(opcode, _recv_exactly(sock, length, FRAME_HEADER_SIZE), row_type)
