@@ -1,0 +1,330 @@
+"""The agency client: streams a data folder to the orchestrator (PROTOCOL.md §7, §9).
+
+Tables go in spec order, each table's CSV files in sorted order, as batches
+of at most ``max_batch_bytes`` (1 MiB, headers included) and ``batch_rows``
+rows; batch numbers run on across a table's files, the last batch of each
+file has status EOF, an EOF frame carrying the last batch number closes each
+table and FINISHED closes the stream. Up to ``window`` batches are in flight
+before their ACKs are read; a BATCH_RECV_FAIL resends that batch (bounded,
+with backoff); a broken connection is re-opened and every unACKed batch is
+sent again, so delivery is at-least-once.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from . import codec
+from .errors import ProtocolError
+from .schema import (
+    FRAME_HEADER_SIZE, MAX_BATCH_FRAME, TABLE_HEADER_SIZE, TABLES, BatchStatus, Opcodes,
+    TableSpec,
+)
+
+__all__ = ["Client", "ClientError", "Cancelled", "SendSummary", "CSV_COLUMNS", "read_table_csv"]
+
+# CSV header name -> wire key, where they differ (§9); other headers map to themselves.
+CSV_COLUMNS: Dict[str, Dict[str, str]] = {
+    "menu_items": {"item_id": "product_id", "item_name": "name"},
+}
+
+
+class ClientError(Exception):
+    """The client cannot go on: bad input data, or the server keeps failing a batch."""
+
+
+class Cancelled(Exception):
+    """Sending stopped on a signal; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"cancelled by signal {signum}")
+        self.signum = signum
+
+
+def read_table_csv(path: Path, spec: TableSpec) -> Iterator[Tuple[int, List[str]]]:
+    """Yield ``(line number, values in spec.required_keys order)`` for each CSV row.
+
+    Columns are found by header name; a missing required column, a malformed
+    line or a row with the wrong number of fields is a ``ClientError`` naming
+    the file and line.
+    """
+    renames = CSV_COLUMNS.get(spec.name, {})
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise ClientError(f"{path}: empty file, expected a header line")
+            position = {renames.get(name, name): i for i, name in enumerate(header)}
+            missing = [k for k in spec.required_keys if k not in position]
+            if missing:
+                raise ClientError(f"{path}: missing required column(s) {', '.join(missing)}")
+            picks = [position[k] for k in spec.required_keys]
+            width = len(header)
+            for row in reader:
+                if len(row) != width:
+                    if not row:
+                        continue  # a blank line
+                    raise ClientError(f"{path}:{reader.line_num}: expected {width} fields, "
+                                      f"got {len(row)}")
+                yield reader.line_num, [row[i] for i in picks]
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ClientError(f"{path}:{reader.line_num + 1}: malformed CSV: {exc}") from exc
+
+
+@dataclass
+class _Batch:
+    table: TableSpec
+    path: Optional[Path]
+    number: int
+    frame: bytes
+    rows: int
+    attempts: int = 1
+
+
+class _Batcher:
+    """Cuts one table's files into batches within the row and byte limits."""
+
+    def __init__(self, spec: TableSpec, max_rows: int, max_bytes: int,
+                 stop: Callable[[], bool]) -> None:
+        self.spec = spec
+        self.stop = stop
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        # Bytes a row costs besides its values: pair count, key strings, value lengths.
+        self._row_overhead = 4 + sum(8 + len(k.encode()) for k in spec.required_keys)
+        self.number = 0
+        self.pending: List[List[str]] = []
+        self.path: Optional[Path] = None
+
+    def _cut(self, status: int) -> _Batch:
+        self.number += 1
+        rows, self.pending = self.pending, []
+        frame = codec.impl.encode_table_frame(self.spec.opcode, self.number, status, rows)
+        return _Batch(self.spec, self.path, self.number, frame, len(rows))
+
+    def batches(self, folder: Path) -> Iterator[_Batch]:
+        empty = FRAME_HEADER_SIZE + TABLE_HEADER_SIZE
+        for path in sorted(p for p in folder.iterdir() if p.suffix == ".csv" and p.is_file()):
+            self.path = path
+            size = empty
+            for line, values in read_table_csv(path, self.spec):
+                if self.stop():
+                    return
+                text = "".join(values)
+                row_size = self._row_overhead + (len(text) if text.isascii()
+                                                 else len(text.encode()))
+                if empty + row_size > self.max_bytes:
+                    raise ClientError(f"{path}:{line}: row of {row_size} bytes does not fit "
+                                      f"a {self.max_bytes}-byte batch")
+                if self.pending and (len(self.pending) >= self.max_rows
+                                     or size + row_size > self.max_bytes):
+                    yield self._cut(BatchStatus.CONTINUE)
+                    size = empty
+                self.pending.append(values)
+                size += row_size
+            yield self._cut(BatchStatus.EOF)
+
+    def cancel_batch(self) -> _Batch:
+        """The rows read but not yet sent, as a batch with status CANCEL."""
+        return self._cut(BatchStatus.CANCEL)
+
+
+@dataclass
+class SendSummary:
+    rows: Dict[str, int] = field(default_factory=dict)
+    batches: Dict[str, int] = field(default_factory=dict)
+    bytes_sent: int = 0
+    retries: int = 0
+    reconnects: int = 0
+    seconds: float = 0.0
+
+
+Progress = Callable[[str, int, int], None]
+
+
+class Client:
+    """Sends data folders to an orchestrator at ``address`` as agency ``agency_id``."""
+
+    def __init__(self, address: Tuple[str, int], agency_id: int, *, batch_rows: int = 50_000,
+                 max_batch_bytes: int = MAX_BATCH_FRAME, window: int = 8, max_retries: int = 3,
+                 connect_attempts: int = 10, backoff: float = 0.1, timeout: float = 60.0,
+                 progress: Optional[Progress] = None) -> None:
+        if not 0 < max_batch_bytes <= MAX_BATCH_FRAME:
+            raise ValueError(f"max_batch_bytes must be in 1..{MAX_BATCH_FRAME}")
+        if batch_rows < 1 or window < 1 or max_retries < 0 or connect_attempts < 1:
+            raise ValueError("batch_rows, window and connect_attempts must be >= 1, "
+                             "max_retries >= 0")
+        self.address = address
+        self.agency_id = agency_id
+        self.batch_rows = batch_rows
+        self.max_batch_bytes = max_batch_bytes
+        self.window = window
+        self.max_retries = max_retries
+        self.connect_attempts = connect_attempts
+        self.backoff = backoff
+        self.timeout = timeout
+        self.progress = progress
+        self._sock: Optional[socket.socket] = None
+        self._in_flight: Deque[_Batch] = collections.deque()
+        self._cancel_signal: Optional[int] = None
+        self.summary = SendSummary()
+
+    def cancel(self, signum: int) -> None:
+        """Ask ``send_folder`` to stop after the current batch (safe from a signal handler)."""
+        self._cancel_signal = signum
+
+    # -- connection ----------------------------------------------------------
+
+    def _connect(self) -> None:
+        delay = self.backoff
+        for attempt in range(1, self.connect_attempts + 1):
+            try:
+                sock = socket.create_connection(self.address, timeout=self.timeout)
+            except OSError as exc:
+                if attempt == self.connect_attempts:
+                    raise ClientError(f"cannot connect to {self.address[0]}:{self.address[1]} "
+                                      f"after {attempt} attempts: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
+            return
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _reconnect(self, cause: Exception) -> None:
+        """Open a new connection and send every unACKed batch again, in order."""
+        self.summary.reconnects += 1
+        if self.summary.reconnects > self.connect_attempts:
+            raise ClientError(f"connection lost {self.summary.reconnects} times; last: {cause}")
+        self._close()
+        self._connect()
+        for batch in self._in_flight:
+            self._sock.sendall(batch.frame)
+
+    def _send_frame(self, frame: bytes) -> None:
+        while True:
+            try:
+                self._sock.sendall(frame)
+                return
+            except OSError as exc:
+                self._reconnect(exc)
+                if self._in_flight and self._in_flight[-1].frame is frame:
+                    return  # the reconnect resent it with the rest of the window
+
+    # -- ACKs ----------------------------------------------------------------
+
+    def _recv_ack(self) -> int:
+        header = bytearray()
+        while len(header) < FRAME_HEADER_SIZE:
+            chunk = self._sock.recv(FRAME_HEADER_SIZE - len(header))
+            if not chunk:
+                raise EOFError("orchestrator closed the connection")
+            header += chunk
+        opcode, length = codec.impl.read_frame_header(header, 0, 0)
+        if opcode not in (Opcodes.BATCH_RECV_SUCCESS, Opcodes.BATCH_RECV_FAIL):
+            raise ProtocolError(f"expected an ACK, got opcode {opcode}", opcode)
+        return opcode
+
+    def _read_ack(self) -> None:
+        while True:
+            try:
+                opcode = self._recv_ack()
+                break
+            except (OSError, EOFError) as exc:
+                self._reconnect(exc)
+        batch = self._in_flight.popleft()
+        if opcode == Opcodes.BATCH_RECV_SUCCESS:
+            name = batch.table.name
+            self.summary.rows[name] = self.summary.rows.get(name, 0) + batch.rows
+            self.summary.batches[name] = self.summary.batches.get(name, 0) + 1
+            self.summary.bytes_sent += len(batch.frame)
+            if self.progress is not None:
+                self.progress(name, batch.rows, len(batch.frame))
+            return
+        if batch.attempts > self.max_retries:
+            where = f", file {batch.path}" if batch.path else ""
+            raise ClientError(f"table {batch.table.name}{where}, batch {batch.number}: "
+                              f"rejected by the orchestrator {batch.attempts} times")
+        time.sleep(self.backoff * 2 ** (batch.attempts - 1))
+        batch.attempts += 1
+        self.summary.retries += 1
+        self._submit(batch)
+
+    def _submit(self, batch: _Batch) -> None:
+        self._in_flight.append(batch)
+        self._send_frame(batch.frame)
+        while len(self._in_flight) >= self.window:
+            self._read_ack()
+
+    def _drain(self) -> None:
+        while self._in_flight:
+            self._read_ack()
+
+    # -- the stream --------------------------------------------------------
+
+    def send_folder(self, folder: "os.PathLike[str] | str") -> SendSummary:
+        """Send every table folder under ``folder``, then FINISHED; return the summary.
+
+        Raises ``ClientError`` (bad data, batch rejected too often, server gone)
+        or ``Cancelled`` after sending the batch in progress with status CANCEL.
+        """
+        root = Path(folder)
+        if not root.is_dir():
+            raise ClientError(f"{root}: not a directory")
+        started = time.perf_counter()
+        self._connect()
+        try:
+            for spec in TABLES:
+                if (root / spec.name).is_dir():
+                    self._send_table(spec, root / spec.name)
+            self._send_frame(codec.impl.encode_finished_frame(self.agency_id))
+            self._await_close()
+        finally:
+            self._close()
+            self.summary.seconds = time.perf_counter() - started
+        return self.summary
+
+    def _send_table(self, spec: TableSpec, folder: Path) -> None:
+        batcher = _Batcher(spec, self.batch_rows, self.max_batch_bytes,
+                           lambda: self._cancel_signal is not None)
+        for batch in batcher.batches(folder):
+            self._submit(batch)
+            if self._cancel_signal is not None:
+                break
+        if self._cancel_signal is not None:
+            self._cancel(batcher)
+        # Every batch of the table is stored before its EOF goes downstream.
+        self._drain()
+        eof = codec.impl.encode_eof_frame(batcher.number, spec.name)
+        self._submit(_Batch(spec, None, batcher.number, eof, 0))
+        self._drain()
+
+    def _cancel(self, batcher: _Batcher) -> None:
+        signum = self._cancel_signal
+        self._submit(batcher.cancel_batch())
+        try:
+            self._drain()
+        except (ClientError, OSError, EOFError, ProtocolError):
+            pass  # cancelling anyway; the signal is what is reported
+        raise Cancelled(signum)
+
+    def _await_close(self) -> None:
+        """FINISHED gets no ACK: the orchestrator stores it, then closes."""
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+            while self._sock.recv(4096):
+                pass
+        except OSError:
+            pass
