@@ -46,6 +46,12 @@ _KEY_LOOKUP: Dict[int, Dict[bytes, str]] = {
 _KEY_INDEX: Dict[int, Dict[str, int]] = {
     op: {k: i for i, k in enumerate(spec.required_keys)} for op, spec in TABLES_BY_OPCODE.items()
 }
+# A key's whole wire string ([i32 n][n bytes]) -> its position in the required
+# keys: one slice and one lookup per key on the fast path.
+_KEY_POSITION: Dict[int, Dict[bytes, int]] = {
+    op: {_I32.pack(len(k)) + k.encode(): i for i, k in enumerate(spec.required_keys)}
+    for op, spec in TABLES_BY_OPCODE.items()
+}
 
 
 # -- primitives -------------------------------------------------------------
@@ -368,6 +374,47 @@ def _scan_rows(opcode: int, body: Any, projected: bool):
     return batch_number, status, keys, rows
 
 
+def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[list]:
+    """The rows of a valid full-key body, or ``None`` if anything is off.
+
+    Optimistic: it checks only what decides the result is right (lengths,
+    keys, counts, bounds, UTF-8) and leaves naming the first error to
+    ``_scan_rows``, which callers run when this returns ``None``. An ASCII
+    body (the common case) is decoded once and sliced, one object per value.
+    """
+    size = len(body)
+    position = _KEY_POSITION[opcode]
+    unpack = _unpack_i32
+    # When every byte after the table header is ASCII, so is every value, and
+    # slicing one decoded copy of the body gives each value in one step.
+    text: Any = body.decode("latin-1") if body[13:].isascii() else None
+    rows = []
+    append = rows.append
+    pos = 13
+    try:
+        for _ in range(n_rows):
+            if unpack(body, pos)[0] != n_keys:
+                return None
+            pos += 4
+            values: List[Any] = [None] * n_keys
+            for _ in range(n_keys):
+                # Keys are shorter than 256 bytes: the low length byte is the
+                # length, and the lookup rejects any other prefix.
+                start = pos + 4 + body[pos]
+                i = position[body[pos:start]]
+                start += 4
+                pos = start + unpack(body, start - 4)[0]
+                if pos > size or pos < start:
+                    return None
+                values[i] = text[start:pos] if text is not None else body[start:pos].decode()
+            if None in values:
+                return None
+            append(values)
+    except (struct.error, KeyError, IndexError, UnicodeDecodeError):
+        return None
+    return rows if pos == size else None
+
+
 def decode_table_body(opcode: int, body: Any, row_type: str = "object",
                       columns: Optional[Sequence[str]] = None,
                       projected: bool = False) -> Tuple[int, int, Tuple[str, ...], list]:
@@ -376,7 +423,7 @@ def decode_table_body(opcode: int, body: Any, row_type: str = "object",
     Layout: ``[i32 nRows][i64 batchNumber][u8 status][string map] * nRows``.
 
     ``row_type`` picks the row shape: ``"object"`` (the table's row class,
-    e.g. ``RawTransaction``), ``"dict"`` (keys in wire order) or ``"tuple"``
+    e.g. ``RawTransaction``), ``"dict"`` (keys in ``keys`` order) or ``"tuple"``
     (values in ``columns`` order, default the table's required keys). Every
     row must carry exactly the table's required keys; with ``projected=True``
     (a DataBatch's embedded body, §6) every row must carry the same subset of
@@ -387,7 +434,15 @@ def decode_table_body(opcode: int, body: Any, row_type: str = "object",
     if row_type not in _ROW_TYPES:
         raise ValueError(f"row_type must be 'object', 'dict' or 'tuple', not {row_type!r}")
     picks = _column_indexes(spec, columns) if row_type == "tuple" else ()
-    batch_number, status, keys, raw_rows = _scan_rows(opcode, body, projected)
+    raw_rows = None
+    if not projected:
+        data = body if type(body) is bytes else bytes(body)
+        n_rows, batch_number, status = _read_table_header(data, len(data), opcode)
+        if n_rows <= (len(data) - 13) // 4:
+            raw_rows = _fast_rows(opcode, data, n_rows, len(spec.required_keys))
+        keys = spec.required_keys
+    if raw_rows is None:
+        batch_number, status, keys, raw_rows = _scan_rows(opcode, body, projected)
     if row_type == "object":
         new = tuple.__new__
         cls = spec.row_class
@@ -395,8 +450,11 @@ def decode_table_body(opcode: int, body: Any, row_type: str = "object",
     elif row_type == "tuple":
         rows = [tuple([values[i] for i in picks]) for values in raw_rows]
     else:
-        index = _KEY_INDEX[opcode]
-        rows = [{k: values[index[k]] for k in keys} for values in raw_rows]
+        picks = tuple(_KEY_INDEX[opcode][k] for k in keys)
+        if picks == tuple(range(len(picks))):
+            rows = [dict(zip(keys, values)) for values in raw_rows]
+        else:
+            rows = [dict(zip(keys, [values[i] for i in picks])) for values in raw_rows]
     return batch_number, status, keys, rows
 
 

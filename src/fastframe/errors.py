@@ -21,7 +21,7 @@ class ProtocolError(Exception):
     def __init__(self, message: str, opcode: Optional[int] = None) -> None:
         super().__init__(message)
         self.message = message
-        self.opcode = opcode
+        self.opcode = None if opcode is None else int(opcode)  # never an enum member
 
     def __reduce__(self):  # keep ``opcode`` across pickling (multiprocessing, logging)
         return (type(self), (self.message, self.opcode))
