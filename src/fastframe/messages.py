@@ -86,6 +86,14 @@ class TableMessage(_Message):
     _fields = ("rows", "batch_number", "batch_status", "columns")
     table: ClassVar[TableSpec]
 
+    def __new__(cls, opcode: Optional[int] = None, *args: Any, **kwargs: Any) -> "TableMessage":
+        # TableMessage(opcode, ...) builds the class of that table (NewStores …).
+        if cls is TableMessage:
+            if opcode not in _TABLE_CLASSES:
+                raise ValueError(f"not a table opcode: {opcode!r}")
+            cls = _TABLE_CLASSES[opcode]
+        return super().__new__(cls)
+
     def __init__(self, opcode: Optional[int] = None,
                  required_keys: Optional[Sequence[str]] = None,
                  row_factory: Optional[Callable[..., Any]] = None, *,
@@ -132,12 +140,8 @@ class TableMessage(_Message):
 
 
 def _spec_for(cls: type, opcode: Optional[int]) -> TableSpec:
-    spec = getattr(cls, "table", None)
-    if spec is None:
-        if opcode not in TABLES_BY_OPCODE:
-            raise ValueError(f"not a table opcode: {opcode!r}")
-        spec = TABLES_BY_OPCODE[opcode]
-    elif opcode is not None and opcode != spec.opcode:
+    spec: TableSpec = cls.table  # type: ignore[attr-defined]
+    if opcode is not None and opcode != spec.opcode:
         raise ValueError(f"{cls.__name__} has opcode {spec.opcode}, not {opcode!r}")
     return spec
 
