@@ -8,6 +8,8 @@ fed to it (non-blocking and asyncio code). Both check every header against
 """
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any, Iterator, List, Optional, Tuple
 
 from . import codec
@@ -72,20 +74,47 @@ class FrameReader:
     """
 
     def __init__(self, sock: Any, max_frame: int = DEFAULT_MAX_FRAME,
-                 buffer_size: int = 256 * 1024) -> None:
+                 buffer_size: int = 256 * 1024, *, idle_timeout: Optional[float] = None,
+                 frame_timeout: Optional[float] = None) -> None:
         self._sock = sock
         self._buf = _Buffer(buffer_size, max_frame)
+        self._idle_timeout = idle_timeout
+        self._frame_timeout = frame_timeout
 
     @property
     def max_frame(self) -> int:
         return self._buf.max_frame
 
+    def _set_timeout(self, deadline: Optional[float]) -> None:
+        """Between frames wait ``idle_timeout``; inside one, no longer than its deadline."""
+        timeout = self._idle_timeout
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout(f"frame not complete within {self._frame_timeout}s "
+                                     f"({self._buf.end - self._buf.start} bytes pending)")
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        self._sock.settimeout(timeout)
+
     def read_frame(self) -> Optional[Frame]:
+        """The next frame, or ``None`` at a clean close; see the class docstring.
+
+        With ``idle_timeout`` or ``frame_timeout`` set, waiting longer than
+        ``idle_timeout`` for bytes, or ``frame_timeout`` for a frame once it
+        has started, raises ``socket.timeout``: a peer that trickles bytes
+        cannot hold the reader forever.
+        """
         buf = self._buf
+        timed = self._idle_timeout is not None or self._frame_timeout is not None
+        deadline = None
         while True:
             frame = buf.next_frame()
             if frame is not None:
                 return frame
+            if timed:
+                if deadline is None and buf.end > buf.start and self._frame_timeout is not None:
+                    deadline = time.monotonic() + self._frame_timeout
+                self._set_timeout(deadline)
             received = self._sock.recv_into(buf.view[buf.end:])
             if received == 0:
                 if buf.end == buf.start:
