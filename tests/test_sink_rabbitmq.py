@@ -1,0 +1,218 @@
+"""RabbitMQSink against a real broker (``.ci/rabbitmq.sh``): routing, persistence,
+confirms, and what a broker restart does to writes and to stored frames."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from fastframe.sinks import SinkError, open_sink
+from fastframe.sinks.rabbitmq import QUERY_IDS, RabbitMQSink, queue_name, read_queue, routing_key
+from rabbitmq_broker import (  # noqa: F401, F811 (fixtures)
+    amqp_exchange,
+    broker_crash_restart,
+    broker_start,
+    broker_stop,
+    rabbitmq_url,
+    rabbitmqctl,
+)
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture(scope="module")
+def golden_frames(conformance_dir):
+    """(table, DataBatch bytes, query_ids) of the original orchestrator, in manifest order."""
+    sample = conformance_dir / "golden_sample"
+    manifest = json.loads((sample / "manifest.json").read_text())
+    return [
+        (v["table"], (sample / v["databatch_file"]).read_bytes(), v["query_ids"])
+        for v in manifest["vectors"]
+    ]
+
+
+@pytest.fixture
+def frame(golden_frames):
+    """The transactions DataBatch: the one that goes to three queries."""
+    return next(data for table, data, _ in golden_frames if table == "transactions")
+
+
+@pytest.fixture
+def sink(rabbitmq_url, amqp_exchange):
+    sink = RabbitMQSink(rabbitmq_url, exchange=amqp_exchange, retry_delay=0.05)
+    yield sink
+    sink.close()
+
+
+def read_all(url, exchange):
+    return {q: read_queue(url, q, exchange=exchange) for q in QUERY_IDS}
+
+
+def test_each_frame_goes_to_the_queue_of_each_of_its_queries_in_order(
+    sink, rabbitmq_url, amqp_exchange, golden_frames
+):
+    for _table, data, query_ids in golden_frames:
+        sink.write(data, query_ids)
+    sink.flush()
+
+    expected = {q: [data for _, data, ids in golden_frames if q in ids] for q in QUERY_IDS}
+    assert read_all(rabbitmq_url, amqp_exchange) == expected
+    assert [len(expected[q]) for q in QUERY_IDS] == [1, 2, 2, 2]
+    assert read_all(rabbitmq_url, amqp_exchange) == {q: [] for q in QUERY_IDS}, "read_queue acks"
+
+
+def test_transactions_frame_is_published_once_per_query(sink, rabbitmq_url, amqp_exchange, frame):
+    sink.write(frame, [1, 3, 4])
+    sink.write(frame, [4, 4])
+    sink.flush()
+
+    assert read_all(rabbitmq_url, amqp_exchange) == {1: [frame], 2: [], 3: [frame], 4: [frame, frame]}
+
+
+def test_messages_are_persistent_and_exchange_and_queues_durable(sink, rabbitmq_url, amqp_exchange, frame):
+    sink.write(frame, [3])
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        channel = connection.channel()
+        method, properties, body = channel.basic_get(queue_name(3, amqp_exchange), auto_ack=True)
+        assert body == frame
+        assert method.routing_key == routing_key(3) == "query.3"
+        assert properties.delivery_mode == 2
+        # Declaring with the same arguments is a no-op; with durable=False the
+        # broker refuses (406 PRECONDITION_FAILED), which proves they are durable.
+        channel.exchange_declare(amqp_exchange, exchange_type="direct", durable=True)
+        channel.queue_declare(queue_name(3, amqp_exchange), durable=True)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="durable"):
+            channel.queue_declare(queue_name(3, amqp_exchange), durable=False)
+        channel = connection.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="durable"):
+            channel.exchange_declare(amqp_exchange, exchange_type="direct", durable=False)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("query_ids", [[], [5], [1, 0]], ids=["none", "unknown", "one-unknown"])
+def test_frames_for_no_known_query_are_refused_and_flush_reports_it(
+    sink, rabbitmq_url, amqp_exchange, frame, query_ids
+):
+    with pytest.raises(SinkError, match="query ids"):
+        sink.write(frame, query_ids)
+    with pytest.raises(SinkError):
+        sink.flush()
+    sink.flush()  # the failure was reported once; nothing is pending
+    assert read_all(rabbitmq_url, amqp_exchange) == {q: [] for q in QUERY_IDS}
+
+
+def test_a_returned_frame_fails_the_write_and_the_next_write_restores_the_binding(
+    sink, rabbitmq_url, amqp_exchange, frame
+):
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    connection.channel().queue_unbind(queue_name(2, amqp_exchange), amqp_exchange, routing_key(2))
+    connection.close()
+
+    with pytest.raises(SinkError, match="returned"):
+        sink.write(frame, [2])
+    with pytest.raises(SinkError):
+        sink.flush()
+    sink.write(frame, [2])
+    sink.flush()
+    assert read_queue(rabbitmq_url, 2, exchange=amqp_exchange) == [frame]
+
+
+def test_a_nacked_frame_fails_the_write(sink, rabbitmq_url, amqp_exchange, frame):
+    queue = queue_name(1, amqp_exchange)
+    policy = f"{amqp_exchange}-full"
+    rabbitmqctl(
+        "set_policy", "--apply-to", "queues", policy, f"^{queue}$",
+        '{"max-length": 1, "overflow": "reject-publish"}',
+    )
+    try:
+        sink.write(frame, [1])
+        with pytest.raises(SinkError, match="nacked"):
+            sink.write(frame, [1])
+        with pytest.raises(SinkError):
+            sink.flush()
+    finally:
+        rabbitmqctl("clear_policy", policy)
+    assert read_queue(rabbitmq_url, 1, exchange=amqp_exchange) == [frame]
+
+
+def test_broker_restart_fails_writes_while_down_keeps_confirmed_frames_and_the_sink_recovers(
+    sink, rabbitmq_url, amqp_exchange, golden_frames
+):
+    before, during, after_restart, after_outage = (data for _, data, _ in golden_frames[:4])
+    sink.write(before, [1, 3])
+    sink.flush()
+
+    # A restart between two writes: the sink's connection is gone, the next
+    # write reconnects at once and succeeds.
+    broker_stop()
+    broker_start()
+    sink.write(after_restart, [1])
+    sink.flush()
+
+    broker_stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(SinkError, match="unavailable"):
+            sink.write(during, [1, 3])
+        assert time.monotonic() - started < 5, "a down broker must fail the write quickly"
+        with pytest.raises(SinkError):
+            sink.flush()
+    finally:
+        broker_start()
+
+    sink.write(after_outage, [1])
+    sink.flush()
+    assert read_queue(rabbitmq_url, 1, exchange=amqp_exchange) == [before, after_restart, after_outage]
+    assert read_queue(rabbitmq_url, 3, exchange=amqp_exchange) == [before]
+
+
+def test_confirmed_frames_survive_a_broker_crash_and_the_sink_reconnects(
+    sink, rabbitmq_url, amqp_exchange, golden_frames
+):
+    for _table, data, query_ids in golden_frames:
+        sink.write(data, query_ids)
+    sink.flush()
+
+    broker_crash_restart()
+    sink.write(golden_frames[0][1], [1])
+    sink.flush()
+
+    transactions = golden_frames[3][1]
+    assert read_queue(rabbitmq_url, 1, exchange=amqp_exchange) == [transactions, golden_frames[0][1]]
+    assert read_queue(rabbitmq_url, 4, exchange=amqp_exchange) == [transactions, golden_frames[4][1]]
+
+
+def test_close_is_idempotent_and_ends_writing(rabbitmq_url, amqp_exchange, frame):
+    sink = open_sink(rabbitmq_url, exchange=amqp_exchange)
+    assert isinstance(sink, RabbitMQSink)
+    sink.write(frame, [4])
+    sink.close()
+    sink.close()
+    with pytest.raises(SinkError, match="closed"):
+        sink.write(frame, [4])
+    assert read_queue(rabbitmq_url, 4, exchange=amqp_exchange) == [frame]
+
+
+def test_read_queue_of_a_missing_queue_raises(rabbitmq_url, amqp_exchange):
+    with pytest.raises(SinkError, match="NOT_FOUND"):
+        read_queue(rabbitmq_url, 1, exchange=amqp_exchange)
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_broker_fails_the_constructor_after_bounded_attempts():
+    url = f"amqp://guest:guest@127.0.0.1:{_unused_port()}/%2F"
+    started = time.monotonic()
+    with pytest.raises(SinkError, match="after 3 attempts"):
+        RabbitMQSink(url, connect_attempts=3, retry_delay=0.05)
+    assert time.monotonic() - started < 5
