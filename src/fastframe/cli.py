@@ -238,7 +238,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             else:
                 _print_text(item, args.rows)
             offset += len(frame)
-    except ProtocolError as exc:
+    except (ProtocolError, OSError) as exc:
         print(f"fastframe inspect: {args.file}: {exc}", file=sys.stderr)
         return 1
     return 0

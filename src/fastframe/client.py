@@ -52,11 +52,13 @@ def read_table_csv(path: Path, spec: TableSpec) -> Iterator[Tuple[int, List[str]
 
     Columns are found by header name; a missing required column, a malformed
     line or a row with the wrong number of fields is a ``ClientError`` naming
-    the file and line.
+    the file and the line the row starts on.
     """
     renames = CSV_COLUMNS.get(spec.name, {})
-    with open(path, newline="", encoding="utf-8") as f:
+    # utf-8-sig: a header written with a byte-order mark still names its first column.
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, strict=True)
+        line = 1
         try:
             header = next(reader, None)
             if header is None:
@@ -64,18 +66,37 @@ def read_table_csv(path: Path, spec: TableSpec) -> Iterator[Tuple[int, List[str]
             position = {renames.get(name, name): i for i, name in enumerate(header)}
             missing = [k for k in spec.required_keys if k not in position]
             if missing:
-                raise ClientError(f"{path}: missing required column(s) {', '.join(missing)}")
+                csv_names = {key: name for name, key in renames.items()}
+                raise ClientError(f"{path}: missing required column(s) "
+                                  f"{', '.join(csv_names.get(k, k) for k in missing)}")
             picks = [position[k] for k in spec.required_keys]
             width = len(header)
+            line = reader.line_num + 1
             for row in reader:
                 if len(row) != width:
                     if not row:
+                        line = reader.line_num + 1
                         continue  # a blank line
-                    raise ClientError(f"{path}:{reader.line_num}: expected {width} fields, "
-                                      f"got {len(row)}")
-                yield reader.line_num, [row[i] for i in picks]
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise ClientError(f"{path}:{reader.line_num + 1}: malformed CSV: {exc}") from exc
+                    raise ClientError(f"{path}:{line}: expected {width} fields, got {len(row)}")
+                yield line, [row[i] for i in picks]
+                line = reader.line_num + 1
+        except csv.Error as exc:
+            raise ClientError(f"{path}:{line}: malformed CSV: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            # Text is decoded in blocks, so the reader's line is not the bad one.
+            raise ClientError(f"{path}:{_first_non_utf8_line(path)}: not UTF-8: "
+                              f"{exc.reason}") from exc
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    """The number of the first line of ``path`` that is not valid UTF-8 (0 if none)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
 
 
 @dataclass
@@ -205,13 +226,19 @@ class Client:
 
     def _reconnect(self, cause: Exception) -> None:
         """Open a new connection and send every unACKed batch again, in order."""
-        self.summary.reconnects += 1
-        if self.summary.reconnects > self.connect_attempts:
-            raise ClientError(f"connection lost {self.summary.reconnects} times; last: {cause}")
-        self._close()
-        self._connect()
-        for batch in self._in_flight:
-            self._sock.sendall(batch.frame)
+        while True:
+            self.summary.reconnects += 1
+            if self.summary.reconnects > self.connect_attempts:
+                raise ClientError(f"connection lost {self.summary.reconnects} times; "
+                                  f"last: {cause}")
+            self._close()
+            self._connect()
+            try:
+                for batch in self._in_flight:
+                    self._sock.sendall(batch.frame)
+                return
+            except OSError as exc:  # the new connection broke too: open another
+                cause = exc
 
     def _send_frame(self, frame: bytes) -> None:
         while True:
@@ -244,6 +271,8 @@ class Client:
                 break
             except (OSError, EOFError) as exc:
                 self._reconnect(exc)
+            except ProtocolError as exc:
+                raise ClientError(f"unexpected answer from the orchestrator: {exc}") from exc
         batch = self._in_flight.popleft()
         if opcode == Opcodes.BATCH_RECV_SUCCESS:
             name = batch.table.name
