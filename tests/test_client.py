@@ -515,6 +515,36 @@ def test_cancel_sends_a_cancel_batch_then_raises(tmp_path, window):
     assert [g.table for g in server.frames if g.opcode == Opcodes.EOF] == ["stores"]
 
 
+def test_cancel_while_draining_the_last_table_sends_no_eof_nor_finished(tmp_path):
+    # The signal lands while the last table's ACKs are being read: every row
+    # is already out, so the CANCEL batch is empty; no EOF, no FINISHED, and
+    # it still ends in Cancelled, not in a normal exit.
+    write_dataset(tmp_path, {"users": [4]}, skipped=False)
+
+    def progress(table, rows, nbytes):
+        client.cancel(signal.SIGINT)
+
+    with FakeServer() as server:
+        client = make_client(server.address, batch_rows=2, window=4, progress=progress)
+        with pytest.raises(Cancelled) as info:
+            client.send_folder(tmp_path)
+    assert info.value.signum == signal.SIGINT
+    last = batches(server.frames, "users")[-1].msg
+    assert (last.batch_status, last.amount, last.batch_number) == (BatchStatus.CANCEL, 0, 3)
+    assert [g.opcode for g in server.frames].count(Opcodes.EOF) == 0
+    assert Opcodes.FINISHED not in [g.opcode for g in server.frames]
+
+
+def test_summary_counts_table_batches_not_eof_frames(tmp_path):
+    write_dataset(tmp_path, {"stores": [5], "users": [7]}, skipped=False)
+    with FakeServer() as server:
+        client = make_client(server.address, batch_rows=2)
+        summary = client.send_folder(tmp_path)
+        again = client.send_folder(tmp_path)  # a Client can be reused
+    assert summary.batches == {"stores": 3, "users": 4}
+    assert again.batches == summary.batches and again.rows == summary.rows
+
+
 # -- against the real orchestrator -------------------------------------------------------
 
 def assert_sink_holds(sink: Path, data: Path, agency_id: int) -> None:

@@ -101,7 +101,7 @@ def test_torn_last_frame_is_reported_after_the_whole_ones(tmp_path, cut):
     assert got == FRAMES[:3]
 
 
-@pytest.mark.parametrize("cut", TORN + [pytest.param(lambda f: b"\xff\0\0\0\0", id="garbage")])
+@pytest.mark.parametrize("cut", TORN)
 def test_opening_a_torn_file_cuts_the_tail(tmp_path, caplog, cut):
     path = tmp_path / "sink.bin"
     tail = cut(FRAMES[3])
@@ -116,6 +116,24 @@ def test_opening_a_torn_file_cuts_the_tail(tmp_path, caplog, cut):
     sink.write(FRAMES[0], [3])
     sink.close()
     assert all_frames(path) == FRAMES[:3] + [FRAMES[0]]
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param(b"these are somebody's notes, not frames\n" * 10, id="text"),
+    pytest.param(b"\xff\0\0\0\0" + b"".join(FRAMES), id="garbage-first"),
+    pytest.param(b"".join(FRAMES[:3]) + b"\xff\0\0\0\0", id="garbage-after-frames"),
+])
+def test_a_file_that_is_not_a_sink_is_refused_and_left_alone(tmp_path, text):
+    # Only a torn frame (what a crash leaves) is ever cut; anything else may
+    # be somebody's data or corruption to look at, so it is not touched.
+    path = tmp_path / "notes.txt"
+    path.write_bytes(text)
+    with pytest.raises(SinkError, match="is not a fastframe sink file"):
+        FileSink(path)
+    assert path.read_bytes() == text
+    with pytest.raises(ProtocolError, match="not a frame at offset") as info:
+        all_frames(path)
+    assert not isinstance(info.value, file_module.TornFrameError)
 
 
 def test_opening_a_whole_file_cuts_nothing(tmp_path, caplog):

@@ -179,6 +179,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     progress = ProgressLine(sys.stdout)
     try:
         summary = Client(server.address, agency_id=1, progress=progress).send_folder(data)
+    except ClientError as exc:
+        print(f"fastframe demo: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         progress.close()
         server.shutdown()

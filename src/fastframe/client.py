@@ -277,7 +277,8 @@ class Client:
         if opcode == Opcodes.BATCH_RECV_SUCCESS:
             name = batch.table.name
             self.summary.rows[name] = self.summary.rows.get(name, 0) + batch.rows
-            self.summary.batches[name] = self.summary.batches.get(name, 0) + 1
+            if batch.path is not None:  # a table batch, not an EOF frame
+                self.summary.batches[name] = self.summary.batches.get(name, 0) + 1
             self.summary.bytes_sent += len(batch.frame)
             if self.progress is not None:
                 self.progress(name, batch.rows, len(batch.frame))
@@ -312,12 +313,17 @@ class Client:
         root = Path(folder)
         if not root.is_dir():
             raise ClientError(f"{root}: not a directory")
+        self.summary = SendSummary()
+        self._in_flight.clear()
         started = time.perf_counter()
         self._connect()
         try:
+            last = None
             for spec in TABLES:
                 if (root / spec.name).is_dir():
-                    self._send_table(spec, root / spec.name)
+                    last = self._send_table(spec, root / spec.name)
+            if self._cancel_signal is not None and last is not None:
+                self._cancel(last)
             self._send_frame(codec.impl.encode_finished_frame(self.agency_id))
             self._await_close()
         finally:
@@ -325,7 +331,7 @@ class Client:
             self.summary.seconds = time.perf_counter() - started
         return self.summary
 
-    def _send_table(self, spec: TableSpec, folder: Path) -> None:
+    def _send_table(self, spec: TableSpec, folder: Path) -> _Batcher:
         batcher = _Batcher(spec, self.batch_rows, self.max_batch_bytes,
                            lambda: self._cancel_signal is not None)
         for batch in batcher.batches(folder):
@@ -336,11 +342,15 @@ class Client:
             self._cancel(batcher)
         # Every batch of the table is stored before its EOF goes downstream.
         self._drain()
+        if self._cancel_signal is not None:
+            self._cancel(batcher)
         eof = codec.impl.encode_eof_frame(batcher.number, spec.name)
         self._submit(_Batch(spec, None, batcher.number, eof, 0))
         self._drain()
+        return batcher
 
     def _cancel(self, batcher: _Batcher) -> None:
+        """Send the rows in progress (maybe none) as a CANCEL batch; raise ``Cancelled``."""
         signum = self._cancel_signal
         self._submit(batcher.cancel_batch())
         try:

@@ -20,7 +20,7 @@ from ..errors import ProtocolError
 from ..schema import FRAME_HEADER_SIZE
 from . import SinkError
 
-__all__ = ["FileSink", "read_frames", "FSYNC_POLICIES"]
+__all__ = ["FileSink", "TornFrameError", "read_frames", "FSYNC_POLICIES"]
 
 log = logging.getLogger("fastframe.sinks.file")
 FSYNC_POLICIES = ("always", "never")
@@ -29,18 +29,29 @@ FSYNC_POLICIES = ("always", "never")
 _MAX_STORED_FRAME = 0x7FFFFFFF
 
 
+class TornFrameError(ProtocolError):
+    """The file ends inside a frame: what a crash mid-write leaves behind."""
+
+
 def _scan(data, size: int) -> Iterator[Tuple[int, int]]:
-    """``(offset, end)`` of each whole frame; raises ``ProtocolError`` at a torn or bad one."""
+    """``(offset, end)`` of each whole frame.
+
+    Raises ``TornFrameError`` when the file ends inside a frame and
+    ``ProtocolError`` at bytes that are not a frame header at all.
+    """
     offset = 0
     while offset < size:
         if size - offset < FRAME_HEADER_SIZE:
-            raise ProtocolError(f"torn frame at offset {offset}: "
-                                f"{size - offset} of {FRAME_HEADER_SIZE} header bytes present")
-        opcode, length = codec.impl.read_frame_header(data, offset, _MAX_STORED_FRAME)
+            raise TornFrameError(f"torn frame at offset {offset}: "
+                                 f"{size - offset} of {FRAME_HEADER_SIZE} header bytes present")
+        try:
+            opcode, length = codec.impl.read_frame_header(data, offset, _MAX_STORED_FRAME)
+        except ProtocolError as exc:
+            raise ProtocolError(f"not a frame at offset {offset}: {exc}", exc.opcode) from None
         end = offset + FRAME_HEADER_SIZE + length
         if end > size:
-            raise ProtocolError(f"torn frame at offset {offset}: {size - offset} of "
-                                f"{end - offset} bytes present", opcode)
+            raise TornFrameError(f"torn frame at offset {offset}: {size - offset} of "
+                                 f"{end - offset} bytes present", opcode)
         yield offset, end
         offset = end
 
@@ -48,8 +59,9 @@ def _scan(data, size: int) -> Iterator[Tuple[int, int]]:
 def read_frames(path: "os.PathLike[str] | str") -> Iterator[bytes]:
     """Yield each whole frame (header included) stored in ``path``.
 
-    A torn or malformed frame raises ``ProtocolError`` naming its offset,
-    after every whole frame before it has been yielded.
+    A torn frame raises ``TornFrameError`` (a ``ProtocolError``) and bytes
+    that are not a frame raise ``ProtocolError``, naming the offset, after
+    every whole frame before it has been yielded.
     """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -86,10 +98,14 @@ class FileSink:
                 try:
                     for _, good in _scan(data, size):
                         pass
-                except ProtocolError as exc:
+                except TornFrameError as exc:
                     log.warning("action: open_sink | result: torn_tail_cut | path: %s | "
                                 "cut_bytes: %d | reason: %s", self.path, size - good, exc)
                     os.ftruncate(self._fd, good)
+                except ProtocolError as exc:
+                    # Not a sink file (a wrong --sink path?): never cut it.
+                    os.close(self._fd)
+                    raise SinkError(f"{self.path} is not a fastframe sink file: {exc}") from None
         return good
 
     def write(self, frame: bytes, query_ids: Sequence[int] = ()) -> None:
