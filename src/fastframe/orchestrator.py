@@ -20,6 +20,7 @@ import itertools
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
@@ -38,6 +39,9 @@ log = logging.getLogger("fastframe.orchestrator")
 _SUCCESS = bytes([Opcodes.BATCH_RECV_SUCCESS, 0, 0, 0, 0])
 _FAIL = bytes([Opcodes.BATCH_RECV_FAIL, 0, 0, 0, 0])
 _ALL_TABLE_IDS = tuple(t.opcode for t in TABLES)
+# How often a waiting accept() looks at the stop flag: shutting the listener
+# down wakes accept() on Linux only (macOS and Windows answer ENOTCONN).
+_ACCEPT_POLL = 0.5
 
 
 @dataclass(frozen=True)
@@ -128,9 +132,11 @@ class SinkWriter:
             for t in tickets:
                 self._sink.write(t.frame, t.query_ids)
             self._sink.flush()
-        except SinkError as exc:
+        except Exception as exc:
+            # SinkError is the contract; anything else is a bug in the sink, and
+            # must not end this thread: every connection waits on it.
             log.error("action: sink_write | result: fail | batches: %d | error: %s",
-                      len(tickets), exc)
+                      len(tickets), exc, exc_info=not isinstance(exc, SinkError))
             ok = False
         else:
             ok = True
@@ -197,10 +203,13 @@ class Orchestrator:
 
     def serve_forever(self) -> None:
         log.info("action: listen | result: success | address: %s:%d", *self.address)
+        self._listener.settimeout(_ACCEPT_POLL)
         try:
             while not self._stopping.is_set():
                 try:
                     sock, peer = self._listener.accept()
+                except socket.timeout:
+                    continue
                 except OSError:
                     if self._stopping.is_set():
                         break
@@ -237,8 +246,9 @@ class Orchestrator:
                 sock.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
+        deadline = time.monotonic() + self._grace   # for all of them, not each
         for t in list(self._threads):
-            t.join(self._grace)
+            t.join(max(0.0, deadline - time.monotonic()))
         self._writer.close()
         log.info("action: shutdown | result: success | batches: %d | failed: %d | bytes_in: %d",
                  self.counters.batches, self.counters.failed, self.counters.bytes_in)
