@@ -609,6 +609,66 @@ def test_idle_connection_is_closed_and_others_go_on(start_server):
     assert batch_numbers(server.sink.durable) == [1]
 
 
+def test_trickling_client_is_cut_at_the_frame_deadline(start_server):
+    # One byte every 50 ms never trips a 1 s idle timeout; the frame deadline does.
+    server = start_server(idle_timeout=1.0, frame_timeout=0.3)
+    data = numbered_batch(1)
+    sent = 0
+    with Wire(server.address) as slow:
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for sent in range(1, len(data) + 1):
+                slow.send(data[sent - 1:sent])
+                time.sleep(0.05)
+                if slow.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"":
+                    raise ConnectionResetError("closed by the orchestrator")
+        assert sent < len(data)
+    with Wire(server.address) as client:
+        client.send(numbered_batch(2))
+        assert client.ack() == SUCCESS
+    server.stop()
+    assert batch_numbers(server.sink.durable) == [2]
+
+
+def test_finished_the_sink_failed_is_answered_with_fail(start_server):
+    sink = MemorySink()
+    server = start_server(sink)
+    sink.fail("flush")
+    with Wire(server.address) as client:
+        client.send(codec.encode_finished_frame(7))
+        assert client.read_until_closed() == FAIL
+    sink.recover()
+    with Wire(server.address) as client:
+        client.send(codec.encode_finished_frame(7))
+        assert client.read_until_closed() == b""
+    server.stop()
+    assert [decode_frame(f).batch_msg for f in sink.durable] == [Finished(7)]
+
+
+def test_client_resends_finished_the_sink_failed(start_server, tmp_path):
+    # An empty table folder: the client sends its EOF (flush 1), then FINISHED
+    # (flush 2, failed), then FINISHED again on a new connection (flush 3).
+    sink = MemorySink()
+    server = start_server(sink)
+    (tmp_path / "stores").mkdir()
+    sink.fail("flush", every=2)
+    summary = Client(server.address, 9, backoff=0.01).send_folder(tmp_path)
+    server.stop()
+    assert summary.retries == 1 and sink.failures == 1
+    inner = [decode_frame(f).batch_msg for f in sink.durable]
+    assert inner == [EOFMessage(0, "stores"), Finished(9)]
+
+
+def test_shutdown_of_a_server_that_never_served_returns(tmp_path):
+    sink = MemorySink()
+    server = Orchestrator(sink, "127.0.0.1", 0)
+    stopper = threading.Thread(target=server.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(JOIN_TIMEOUT)
+    assert not stopper.is_alive() and sink.closed
+    with pytest.raises(OSError):
+        socket.create_connection(server.address, timeout=1).close()
+
+
 # == many clients at once ==============================================================
 
 N_CLIENTS = 32

@@ -324,8 +324,7 @@ class Client:
                     last = self._send_table(spec, root / spec.name)
             if self._cancel_signal is not None and last is not None:
                 self._cancel(last)
-            self._send_frame(codec.impl.encode_finished_frame(self.agency_id))
-            self._await_close()
+            self._finish()
         finally:
             self._close()
             self.summary.seconds = time.perf_counter() - started
@@ -359,11 +358,35 @@ class Client:
             pass  # cancelling anyway; the signal is what is reported
         raise Cancelled(signum)
 
-    def _await_close(self) -> None:
-        """FINISHED gets no ACK: the orchestrator stores it, then closes."""
+    def _finish(self) -> None:
+        """Send FINISHED and wait for the orchestrator to close.
+
+        FINISHED gets no ACK: the orchestrator stores it, then closes. A
+        BATCH_RECV_FAIL before the close says it was not stored; it is sent
+        again on a new connection, like a rejected batch.
+        """
+        frame = codec.impl.encode_finished_frame(self.agency_id)
+        for attempt in range(1, self.max_retries + 2):
+            self._send_frame(frame)
+            if self._closed_without_answer():
+                return
+            if attempt > self.max_retries:
+                break
+            self.summary.retries += 1
+            time.sleep(self.backoff * 2 ** (attempt - 1))
+            self._close()
+            self._connect()
+        raise ClientError(f"FINISHED of agency {self.agency_id}: rejected by the orchestrator "
+                          f"{self.max_retries + 1} times")
+
+    def _closed_without_answer(self) -> bool:
         try:
             self._sock.shutdown(socket.SHUT_WR)
-            while self._sock.recv(4096):
-                pass
+            opcode = self._recv_ack()
+        except EOFError:
+            return True  # closed with nothing said: stored
         except OSError:
-            pass
+            return False  # reset or silence: not known to be stored, so send it again
+        except ProtocolError as exc:
+            raise ClientError(f"unexpected answer to FINISHED: {exc}") from exc
+        return opcode != Opcodes.BATCH_RECV_FAIL

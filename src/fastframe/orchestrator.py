@@ -178,15 +178,18 @@ class Orchestrator:
     ``sink`` receives every DataBatch frame; ``host`` defaults to loopback
     (binding elsewhere is an explicit choice); ``port=0`` picks a free port
     (see ``address``). ``idle_timeout`` closes a connection that sends nothing
-    for that many seconds.
+    for that many seconds, ``frame_timeout`` one that takes longer than that
+    to deliver a frame it has started (a peer trickling bytes).
     """
 
     def __init__(self, sink: Sink, host: str = "127.0.0.1", port: int = 12345, *,
                  max_frame: int = DEFAULT_MAX_FRAME, compat: bool = False,
-                 idle_timeout: Optional[float] = 60.0, backlog: int = 128) -> None:
+                 idle_timeout: Optional[float] = 60.0, frame_timeout: Optional[float] = 30.0,
+                 backlog: int = 128) -> None:
         self.headers = HeaderPolicy(compat)
         self.max_frame = max_frame
         self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
         self._writer = SinkWriter(sink)
         self._listener = socket.create_server((host, port), backlog=backlog)
         self.address: Tuple[str, int] = self._listener.getsockname()[:2]
@@ -197,12 +200,14 @@ class Orchestrator:
         self._ids = itertools.count(1)
         self.counters = _Counters()
         self._grace = 10.0
+        self._serving = False
         self._stopped = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------
 
     def serve_forever(self) -> None:
         log.info("action: listen | result: success | address: %s:%d", *self.address)
+        self._serving = True
         self._listener.settimeout(_ACCEPT_POLL)
         try:
             while not self._stopping.is_set():
@@ -210,10 +215,13 @@ class Orchestrator:
                     sock, peer = self._listener.accept()
                 except socket.timeout:
                     continue
-                except OSError:
+                except OSError as exc:
                     if self._stopping.is_set():
                         break
-                    raise
+                    # Out of descriptors and the like: the clients connected go on.
+                    log.error("action: accept | result: fail | error: %s", exc)
+                    time.sleep(_ACCEPT_POLL)
+                    continue
                 self._start_connection(sock, peer)
         finally:
             self._listener.close()
@@ -236,6 +244,10 @@ class Orchestrator:
     def shutdown(self, grace: float = 10.0) -> None:
         """``request_shutdown`` and wait until ``serve_forever`` has finished."""
         self.request_shutdown(grace)
+        if not self._serving:  # never served: nothing will wind down but this call
+            self._serving = True
+            self._listener.close()
+            self._finish()
         self._stopped.wait()
 
     def _finish(self) -> None:
@@ -271,11 +283,11 @@ class Orchestrator:
     def _serve_connection(self, conn_id: int, sock: socket.socket, peer) -> None:
         where = f"{peer[0]}:{peer[1]}"
         log.info("action: accept | result: success | conn: %d | peer: %s", conn_id, where)
-        sock.settimeout(self.idle_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = FrameReader(sock, self.max_frame)
+        reader = FrameReader(sock, self.max_frame, idle_timeout=self.idle_timeout,
+                             frame_timeout=self.frame_timeout)
         stats = ConnectionStats()
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             while not self._stopping.is_set():
                 frame = reader.read_frame()
                 if frame is None:
@@ -291,9 +303,9 @@ class Orchestrator:
                         conn_id, exc.opcode, exc)
         except EOFError as exc:
             log.warning("action: receive | result: fail | conn: %d | error: %s", conn_id, exc)
-        except socket.timeout:
-            log.warning("action: receive | result: fail | conn: %d | error: idle for %ss",
-                        conn_id, self.idle_timeout)
+        except socket.timeout as exc:
+            log.warning("action: receive | result: fail | conn: %d | error: timeout: %s",
+                        conn_id, exc or f"idle for {self.idle_timeout}s")
         except OSError as exc:
             log.warning("action: receive | result: fail | conn: %d | error: %s", conn_id, exc)
         finally:
@@ -320,6 +332,10 @@ class Orchestrator:
         if opcode == Opcodes.FINISHED:
             log.info("action: finished | result: %s | conn: %d | %s",
                      "success" if stored else "fail", conn_id, what)
+            if not stored:
+                # FINISHED has no ACK; a FAIL before closing is the one way to
+                # tell the client its end of stream was not stored.
+                sock.sendall(_FAIL)
             return False
         if stored:
             stats.batches += 1
