@@ -110,6 +110,8 @@ class FrameReader:
         while True:
             frame = buf.next_frame()
             if frame is not None:
+                if deadline is not None:  # leave the socket as between frames
+                    self._sock.settimeout(self._idle_timeout)
                 return frame
             if timed:
                 if deadline is None and buf.end > buf.start and self._frame_timeout is not None:
@@ -144,9 +146,10 @@ class FrameDecoder:
 
     ``feed(data)`` buffers ``data`` and returns every message now complete.
     A frame whose body is invalid raises ``ProtocolError`` once it has been
-    consumed; the messages completed before it are not lost but returned by
-    the next ``feed`` (``feed(b"")`` will do). A header that cannot be
-    delimited raises on every call: the stream is unusable. ``frames()``
+    consumed; a header that cannot be delimited raises on every call from
+    then on (the stream is unusable). Either way the messages completed
+    before the error are not lost: the next ``feed`` returns them, and only
+    them (``feed(b"")`` will do); decoding resumes on the call after. ``frames()``
     yields raw ``(opcode, body bytes)`` instead, for callers that do not decode.
     """
 
@@ -182,11 +185,15 @@ class FrameDecoder:
     def feed(self, data: Any) -> List[Any]:
         from .messages import decode_message
 
-        ready, self._ready = self._ready, []
-        for opcode, body in self.frames(data):
-            try:
+        if self._ready:  # completed before an error: theirs is this call
+            self._append(data)
+            ready, self._ready = self._ready, []
+            return ready
+        ready: List[Any] = []
+        try:
+            for opcode, body in self.frames(data):
                 ready.append(decode_message(opcode, body, row_type=self._row_type))
-            except Exception:
-                self._ready = ready
-                raise
+        except Exception:
+            self._ready = ready
+            raise
         return ready
