@@ -40,8 +40,12 @@ def _recv_exactly(sock: Any, length: int, received_before: int = 0) -> bytearray
 
 
 def _read_body(sock: Any, length: int, opcode: int) -> bytearray:
+    """``read_from``'s body: the caller read the header, so check its length here."""
     if length < 0:
         raise ProtocolError(f"negative frame length {length}", opcode)
+    if length > DEFAULT_MAX_FRAME:
+        raise ProtocolError(
+            f"frame length {length} exceeds the limit of {DEFAULT_MAX_FRAME} bytes", opcode)
     return _recv_exactly(sock, length, FRAME_HEADER_SIZE)
 
 

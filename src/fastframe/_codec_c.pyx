@@ -1,0 +1,1676 @@
+"""The Cython codec.
+
+The twin of ``_codec_py.py``: same names, same signatures, same results, same
+exceptions with the same messages. The pure module is the documentation and
+the type source. This one reads every buffer through a ``(const char *,
+Py_ssize_t)`` view with an explicit bounds check before each read, and writes
+into one growing buffer without a Python object per row or per value.
+"""
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyBytes_Resize
+from cpython.dict cimport PyDict_Copy, PyDict_Next, PyDict_SetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.object cimport PyObject, Py_TYPE
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
+from cpython.unicode cimport (
+    PyUnicode_1BYTE_DATA, PyUnicode_AsUTF8String, PyUnicode_DecodeUTF8, PyUnicode_FromOrdinal,
+    PyUnicode_New,
+)
+from libc.stdint cimport (
+    INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint16_t, uint64_t,
+)
+from libc.string cimport memcpy, memset
+
+import struct
+from collections.abc import Mapping
+
+from fastframe.errors import ProtocolError
+from fastframe.schema import (
+    DEFAULT_MAX_FRAME, EOF_KEY, MAX_BATCH_FRAME, TABLES_BY_NAME, TABLES_BY_OPCODE, BatchStatus,
+    Opcodes,
+)
+
+__all__ = [
+    "read_u8", "read_u16", "read_i32", "read_i64", "read_string", "read_string_map",
+    "read_u8_list", "read_u8_dict", "Writer", "read_frame_header", "decode_table_body",
+    "decode_eof_body", "decode_finished_body", "decode_ack_body", "decode_databatch_body",
+    "encode_frame", "encode_table_frame", "encode_eof_frame", "encode_finished_frame",
+    "encode_databatch_header", "encode_databatch_frame", "check_embedded", "project_databatch",
+    "decode_columns",
+]
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+
+    /* The wire is little-endian: no-ops on little-endian hosts, byte swaps elsewhere. */
+    #if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__)
+    #  define FF_BIG_ENDIAN (__BYTE_ORDER__ == __ORDER_BIG_ENDIAN__)
+    #elif defined(WORDS_BIGENDIAN)
+    #  define FF_BIG_ENDIAN 1
+    #else
+    #  define FF_BIG_ENDIAN 0
+    #endif
+    #if FF_BIG_ENDIAN
+    static inline uint16_t ff_le16(uint16_t v) { return (uint16_t)((v >> 8) | (v << 8)); }
+    static inline uint32_t ff_le32(uint32_t v) {
+        return (v >> 24) | ((v >> 8) & 0xFF00u) | ((v & 0xFF00u) << 8) | (v << 24);
+    }
+    static inline uint64_t ff_le64(uint64_t v) {
+        return ((uint64_t)ff_le32((uint32_t)v) << 32) | ff_le32((uint32_t)(v >> 32));
+    }
+    #else
+    static inline uint16_t ff_le16(uint16_t v) { return v; }
+    static inline uint32_t ff_le32(uint32_t v) { return v; }
+    static inline uint64_t ff_le64(uint64_t v) { return v; }
+    #endif
+
+    /* Integers are copied to a local (no unaligned access), then put in host order. */
+    static inline uint16_t ff_get_u16(const char *p) {
+        uint16_t v; memcpy(&v, p, 2); return ff_le16(v);
+    }
+    static inline int32_t ff_get_i32(const char *p) {
+        uint32_t v; memcpy(&v, p, 4); return (int32_t)ff_le32(v);
+    }
+    static inline int64_t ff_get_i64(const char *p) {
+        uint64_t v; memcpy(&v, p, 8); return (int64_t)ff_le64(v);
+    }
+    static inline void ff_put_u16(char *p, uint16_t x) {
+        uint16_t v = ff_le16(x); memcpy(p, &v, 2);
+    }
+    static inline void ff_put_i32(char *p, int32_t x) {
+        uint32_t v = ff_le32((uint32_t)x); memcpy(p, &v, 4);
+    }
+    static inline void ff_put_i64(char *p, int64_t x) {
+        uint64_t v = ff_le64((uint64_t)x); memcpy(p, &v, 8);
+    }
+
+    /* Whether p[0:n] is all ASCII: 64 bytes a step (compilers vectorize it), then 8, then 1. */
+    static inline int ff_is_ascii(const char *p, Py_ssize_t n) {
+        const uint64_t high = 0x8080808080808080ULL;
+        uint64_t acc = 0, word;
+        Py_ssize_t i = 0;
+        int k;
+        for (; n - i >= 64; i += 64) {
+            for (k = 0; k < 64; k += 8) {
+                memcpy(&word, p + i + k, 8);
+                acc |= word;
+            }
+            if (acc & high) return 0;
+        }
+        for (; n - i >= 8; i += 8) {
+            memcpy(&word, p + i, 8);
+            acc |= word;
+        }
+        for (; i < n; i++) acc |= (unsigned char)p[i];
+        return !(acc & high);
+    }
+
+    /* a[0:n] == b[0:n], for the short keys of a table: no call to memcmp. */
+    static inline int ff_equal(const char *a, const char *b, Py_ssize_t n) {
+        uint64_t x, y;
+        for (; n >= 8; a += 8, b += 8, n -= 8) {
+            memcpy(&x, a, 8);
+            memcpy(&y, b, 8);
+            if (x != y) return 0;
+        }
+        for (; n > 0; n--) if (*a++ != *b++) return 0;
+        return 1;
+    }
+
+    /* memcpy for the short strings of a row, without a call for the shortest. */
+    static inline void ff_copy(char *d, const char *s, Py_ssize_t n) {
+        uint64_t a, b;
+        uint32_t x, y;
+        if (n > 16) {
+            memcpy(d, s, (size_t)n);
+        } else if (n >= 8) {
+            memcpy(&a, s, 8); memcpy(&b, s + n - 8, 8);
+            memcpy(d, &a, 8); memcpy(d + n - 8, &b, 8);
+        } else if (n >= 4) {
+            memcpy(&x, s, 4); memcpy(&y, s + n - 4, 4);
+            memcpy(d, &x, 4); memcpy(d + n - 4, &y, 4);
+        } else if (n > 0) {
+            d[0] = s[0]; d[n / 2] = s[n / 2]; d[n - 1] = s[n - 1];
+        }
+    }
+
+    /* a == b for two ready strs, as str.__eq__ compares them. */
+    static inline int ff_same_str(PyObject *a, PyObject *b) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+        size_t size = (size_t)n * PyUnicode_KIND(a);
+        return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+               && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), size) == 0;
+    }
+
+    /* A 2- to 8-byte string as one word: with its length, a unique key. */
+    static inline uint64_t ff_short_key(const char *p, Py_ssize_t n) {
+        uint32_t lo, hi;
+        if (n >= 4) {
+            memcpy(&lo, p, 4);
+            memcpy(&hi, p + n - 4, 4);
+            return ((uint64_t)hi << 32) | lo;
+        }
+        return (uint64_t)(unsigned char)p[0] | (uint64_t)(unsigned char)p[1] << 8
+               | (uint64_t)(unsigned char)p[n - 1] << 16;
+    }
+
+    /* Fibonacci hashing of a short key to one of 2**bits slots. */
+    static inline unsigned int ff_slot(uint64_t key, Py_ssize_t n, int bits) {
+        return (unsigned int)(((key ^ (uint64_t)n) * 0x9E3779B97F4A7C15ULL) >> (64 - bits));
+    }
+
+    /* The characters of an ASCII str, which are its UTF-8 bytes; NULL for any other str. */
+    static inline const char *ff_ascii_data(PyObject *s, Py_ssize_t *n) {
+    #if PY_VERSION_HEX < 0x030C0000
+        if (!PyUnicode_IS_READY(s)) return NULL;   /* a legacy str: the slow path readies it */
+    #endif
+        if (!PyUnicode_IS_ASCII(s)) return NULL;
+        *n = PyUnicode_GET_LENGTH(s);
+        return (const char *)PyUnicode_DATA(s);
+    }
+
+    /* A row-class instance (a tuple subclass) with n unset items, as tuple.__new__ makes it. */
+    static inline PyObject *ff_alloc_row(PyObject *cls, Py_ssize_t n) {
+        return ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, n);
+    }
+    """
+    uint16_t ff_get_u16(const char* p) noexcept nogil
+    int32_t ff_get_i32(const char* p) noexcept nogil
+    int64_t ff_get_i64(const char* p) noexcept nogil
+    void ff_put_u16(char* p, uint16_t x) noexcept nogil
+    void ff_put_i32(char* p, int32_t x) noexcept nogil
+    void ff_put_i64(char* p, int64_t x) noexcept nogil
+    bint ff_is_ascii(const char* p, Py_ssize_t n) noexcept nogil
+    bint ff_equal(const char* a, const char* b, Py_ssize_t n) noexcept nogil
+    void ff_copy(char* d, const char* s, Py_ssize_t n) noexcept nogil
+    bint ff_same_str(PyObject* a, PyObject* b) noexcept
+    uint64_t ff_short_key(const char* p, Py_ssize_t n) noexcept nogil
+    unsigned int ff_slot(uint64_t key, Py_ssize_t n, int bits) noexcept nogil
+    const char* ff_ascii_data(PyObject* s, Py_ssize_t* n) noexcept
+    object ff_alloc_row(object cls, Py_ssize_t n)
+
+cdef extern from "Python.h":
+    bint PyDict_Check(object o)
+    bint PyDict_CheckExact(object o)
+    Py_ssize_t PyDict_GET_SIZE(object d)
+    bint PyUnicode_Check(object o)
+    bint PyUnicode_CheckExact(PyObject* o)
+    bint PyList_CheckExact(object o)
+    bint PyTuple_CheckExact(object o)
+    PyObject** PySequence_Fast_ITEMS(object o)
+    void PyObject_GC_UnTrack(void* o)
+    PyObject* _new_bytes "PyBytes_FromStringAndSize"(const char* v, Py_ssize_t n) except NULL
+    Py_ssize_t PyNumber_AsSsize_t(object o, PyObject* exc) except? -1
+    object PyNumber_Index(object o)
+    double PyOS_string_to_double(const char* s, char** end, PyObject* overflow) except? -1.0
+    int PyBUF_WRITABLE
+
+_ROW_TYPES = ("object", "dict", "tuple")
+_ACK_NAMES = {Opcodes.BATCH_RECV_SUCCESS: "BATCH_RECV_SUCCESS",
+              Opcodes.BATCH_RECV_FAIL: "BATCH_RECV_FAIL"}
+_KEY_INDEX = {
+    op: {k: i for i, k in enumerate(spec.required_keys)} for op, spec in TABLES_BY_OPCODE.items()
+}
+cdef int _MAX_OPCODE = max(Opcodes)
+cdef int _MAX_STATUS = max(BatchStatus)
+_I32_PACK_ERROR = "'i' format requires -2147483648 <= number <= 2147483647"
+
+
+# -- tables -----------------------------------------------------------------
+
+cdef enum:
+    MAX_KEYS = 16       # key sets are bitmasks in an unsigned int
+    N_OPCODES = 16
+
+ctypedef struct Table:
+    int opcode
+    int n_keys
+    const char* wire_key[MAX_KEYS]   # [i32 len][UTF-8 bytes] of each required key
+    Py_ssize_t key_len[MAX_KEYS]      # len of the bytes, without the prefix
+
+cdef Table _tables[N_OPCODES]
+_wire_keys = []     # owns the bytes the tables point into
+
+
+cdef void _init_tables() except *:
+    cdef Table* t
+    for op, spec in TABLES_BY_OPCODE.items():
+        if not 0 <= op < N_OPCODES or len(spec.required_keys) > MAX_KEYS:
+            raise ImportError(f"table {spec.name} does not fit the Cython codec's tables")
+        t = &_tables[<int>op]
+        t.opcode = op
+        t.n_keys = len(spec.required_keys)
+        for i, key in enumerate(spec.required_keys):
+            raw = key.encode()
+            wire = struct.pack("<i", len(raw)) + raw
+            _wire_keys.append(wire)
+            t.wire_key[i] = PyBytes_AS_STRING(wire)
+            t.key_len[i] = len(raw)
+
+
+_init_tables()
+
+
+# -- primitives -------------------------------------------------------------
+
+cdef enum:
+    UTF8_INVALID = 0
+    UTF8_ASCII = 1
+    UTF8_OTHER = 2
+
+
+cdef bint _utf8_valid(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Whether Python's strict UTF-8 decoder accepts ``s[0:n]``.
+
+    Well-formed UTF-8 only: no overlong forms, no surrogates (U+D800-DFFF),
+    nothing above U+10FFFF.
+    """
+    cdef Py_ssize_t i = 0
+    cdef unsigned char c, low, high
+    cdef int follow, k
+    while i < n:
+        c = s[i]
+        if c < 0x80:
+            i += 1
+            continue
+        low = 0x80
+        high = 0xBF
+        if 0xC2 <= c <= 0xDF:
+            follow = 1
+        elif 0xE0 <= c <= 0xEF:
+            follow = 2
+            if c == 0xE0:
+                low = 0xA0      # overlong
+            elif c == 0xED:
+                high = 0x9F     # surrogates
+        elif 0xF0 <= c <= 0xF4:
+            follow = 3
+            if c == 0xF0:
+                low = 0x90      # overlong
+            elif c == 0xF4:
+                high = 0x8F     # above U+10FFFF
+        else:
+            return False
+        if n - i <= follow or not low <= s[i + 1] <= high:
+            return False
+        for k in range(2, follow + 1):
+            if s[i + k] & 0xC0 != 0x80:
+                return False
+        i += follow + 1
+    return True
+
+
+cdef inline int _utf8_kind(const char* p, Py_ssize_t n) noexcept nogil:
+    """What a strict UTF-8 decode of ``p[0:n]`` gives: an error, ASCII or other text."""
+    if ff_is_ascii(p, n):
+        return UTF8_ASCII
+    return UTF8_OTHER if _utf8_valid(<const unsigned char*>p, n) else UTF8_INVALID
+
+
+cdef inline str _new_str(const char* p, Py_ssize_t n, bint ascii):
+    """A str from bytes that ``_utf8_kind`` accepted."""
+    cdef str s
+    if not ascii:
+        return PyUnicode_DecodeUTF8(p, n, NULL)
+    if n == 1:
+        return PyUnicode_FromOrdinal(<unsigned char>p[0])   # the interpreter's shared one
+    s = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_1BYTE_DATA(s), p, n)
+    return s
+
+
+cdef _truncated(Py_ssize_t need, object offset, Py_ssize_t have, object opcode):
+    return ProtocolError(
+        f"truncated: need {need} bytes at offset {offset}, have {have if have > 0 else 0}", opcode)
+
+
+cdef Py_ssize_t _offset(object offset) except -1:
+    """A reader's offset: ValueError when negative; a huge one saturates (it is past the end)."""
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, not {offset}")
+    return PyNumber_AsSsize_t(offset, NULL)
+
+
+cdef inline int _need(const Py_buffer* view, Py_ssize_t off, Py_ssize_t width,
+                      object offset) except -1:
+    if view.len - off < width:
+        raise _truncated(width, offset, view.len - off, None)
+    return 0
+
+
+cdef str _str_at(const char* data, Py_ssize_t size, Py_ssize_t pos, object at, object opcode,
+                 Py_ssize_t* end):
+    """``[i32 n][n bytes of UTF-8]`` at ``pos`` -> str; ``at`` is ``pos`` as messages print it."""
+    cdef int32_t n
+    cdef int kind
+    if size - pos < 4:
+        raise _truncated(4, at, size - pos, opcode)
+    n = ff_get_i32(data + pos)
+    if n < 0:
+        raise ProtocolError(f"negative string length {n} at offset {at}", opcode)
+    pos += 4
+    if n > size - pos:
+        raise _truncated(n, pos, size - pos, opcode)
+    kind = _utf8_kind(data + pos, n)
+    if kind == UTF8_INVALID:
+        raise ProtocolError(f"invalid UTF-8 in string at offset {at}", opcode)
+    end[0] = pos + n
+    return _new_str(data + pos, n, kind == UTF8_ASCII)
+
+
+cdef list _u8_list_at(const char* data, Py_ssize_t size, Py_ssize_t pos, object at,
+                      object opcode, Py_ssize_t* end):
+    cdef Py_ssize_t n, i
+    cdef list result
+    if size - pos < 1:
+        raise _truncated(1, at, size - pos, opcode)
+    n = <uint8_t>data[pos]
+    pos += 1
+    if n > size - pos:
+        raise _truncated(n, pos, size - pos, opcode)
+    result = PyList_New(n)
+    for i in range(n):
+        item = <uint8_t>data[pos + i]
+        Py_INCREF(item)
+        PyList_SET_ITEM(result, i, item)
+    end[0] = pos + n
+    return result
+
+
+cdef dict _u8_dict_at(const char* data, Py_ssize_t size, Py_ssize_t pos, object at,
+                      object opcode, Py_ssize_t* end):
+    cdef Py_ssize_t n, i
+    cdef dict result = {}
+    if size - pos < 1:
+        raise _truncated(1, at, size - pos, opcode)
+    n = <uint8_t>data[pos]
+    pos += 1
+    if 2 * n > size - pos:
+        raise _truncated(2 * n, pos, size - pos, opcode)
+    for i in range(pos, pos + 2 * n, 2):
+        key = <uint8_t>data[i]
+        if key in result:
+            raise ProtocolError(f"duplicate key {key} in u8 dict at offset {at}", opcode)
+        result[key] = <uint8_t>data[i + 1]
+    end[0] = pos + 2 * n
+    return result
+
+
+def read_u8(buf, offset=0):
+    """``[u8]`` at ``offset`` -> ``(value, offset + 1)``."""
+    cdef Py_buffer view
+    cdef Py_ssize_t off = _offset(offset)
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        _need(&view, off, 1, offset)
+        return (<const uint8_t*>view.buf)[off], off + 1
+    finally:
+        PyBuffer_Release(&view)
+
+
+def read_u16(buf, offset=0):
+    """``[u16 LE]`` at ``offset`` -> ``(value, offset + 2)``."""
+    cdef Py_buffer view
+    cdef Py_ssize_t off = _offset(offset)
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        _need(&view, off, 2, offset)
+        return ff_get_u16(<const char*>view.buf + off), off + 2
+    finally:
+        PyBuffer_Release(&view)
+
+
+def read_i32(buf, offset=0):
+    """``[i32 LE]`` at ``offset`` -> ``(value, offset + 4)``."""
+    cdef Py_buffer view
+    cdef Py_ssize_t off = _offset(offset)
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        _need(&view, off, 4, offset)
+        return ff_get_i32(<const char*>view.buf + off), off + 4
+    finally:
+        PyBuffer_Release(&view)
+
+
+def read_i64(buf, offset=0):
+    """``[i64 LE]`` at ``offset`` -> ``(value, offset + 8)``."""
+    cdef Py_buffer view
+    cdef Py_ssize_t off = _offset(offset)
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        _need(&view, off, 8, offset)
+        return ff_get_i64(<const char*>view.buf + off), off + 8
+    finally:
+        PyBuffer_Release(&view)
+
+
+def read_string(buf, offset=0):
+    """``[i32 n][n bytes of UTF-8]`` -> ``(str, next_offset)``."""
+    cdef Py_buffer view
+    cdef Py_ssize_t off = _offset(offset), end
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        value = _str_at(<const char*>view.buf, view.len, off, offset, None, &end)
+        return value, end
+    finally:
+        PyBuffer_Release(&view)
+
+
+def read_string_map(buf, offset=0):
+    """``[i32 nPairs]([key string][value string]) * nPairs`` -> ``(dict, next_offset)``.
+
+    A repeated key is an error (a map has one value per key).
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t off = _offset(offset), pos
+    cdef const char* data
+    cdef int32_t n
+    cdef dict result = {}
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        data = <const char*>view.buf
+        if view.len - off < 4:
+            raise _truncated(4, offset, view.len - off, None)
+        n = ff_get_i32(data + off)
+        if n < 0:
+            raise ProtocolError(f"negative pair count {n} at offset {offset}")
+        pos = off + 4
+        for _ in range(n):
+            key = _str_at(data, view.len, pos, pos, None, &pos)
+            value = _str_at(data, view.len, pos, pos, None, &pos)
+            if key in result:
+                raise ProtocolError(f"duplicate key {key!r} in string map at offset {offset}")
+            result[key] = value
+        return result, pos
+    finally:
+        PyBuffer_Release(&view)
+
+
+def read_u8_list(buf, offset=0):
+    """``[u8 n][n x u8]`` -> ``(list, next_offset)``."""
+    cdef Py_buffer view
+    cdef Py_ssize_t off = _offset(offset), end
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        value = _u8_list_at(<const char*>view.buf, view.len, off, offset, None, &end)
+        return value, end
+    finally:
+        PyBuffer_Release(&view)
+
+
+def read_u8_dict(buf, offset=0):
+    """``[u8 n]([key u8][value u8]) * n`` -> ``(dict, next_offset)``; a repeated key is an error."""
+    cdef Py_buffer view
+    cdef Py_ssize_t off = _offset(offset), end
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        value = _u8_dict_at(<const char*>view.buf, view.len, off, offset, None, &end)
+        return value, end
+    finally:
+        PyBuffer_Release(&view)
+
+
+# -- writer -----------------------------------------------------------------
+
+ctypedef struct Buf:
+    # A growable output buffer. Encoders copy it into their result once:
+    # cheaper than shrinking a bigger bytes object in place, whose fresh
+    # memory the allocator would map (and fault in) anew on every call.
+    char* data
+    Py_ssize_t len
+    Py_ssize_t cap
+
+
+cdef int _grow(Buf* b, Py_ssize_t need) except -1:
+    cdef Py_ssize_t cap = b.cap * 2
+    cdef char* data
+    if cap < b.len + need:
+        cap = b.len + need
+    if cap < 64:
+        cap = 64
+    data = <char*>PyMem_Realloc(b.data, cap)
+    if data == NULL:
+        raise MemoryError()
+    b.data = data
+    b.cap = cap
+    return 0
+
+
+cdef inline char* _room(Buf* b, Py_ssize_t n) except NULL:
+    """Where the next ``n`` bytes go; they count as written."""
+    cdef char* p
+    if n > b.cap - b.len or b.data == NULL:
+        _grow(b, n)
+    p = b.data + b.len
+    b.len += n
+    return p
+
+
+cdef inline bytes _bytes(const Buf* b):
+    return PyBytes_FromStringAndSize(b.data, b.len)
+
+
+# Each value is converted (and checked) before room is made for it: a failed
+# write leaves the buffer as it was.
+cdef inline int _put_u8(Buf* b, uint8_t value) except -1:
+    _room(b, 1)[0] = <char>value
+    return 0
+
+
+cdef inline int _put_u16(Buf* b, uint16_t value) except -1:
+    ff_put_u16(_room(b, 2), value)
+    return 0
+
+
+cdef inline int _put_i32(Buf* b, int32_t value) except -1:
+    ff_put_i32(_room(b, 4), value)
+    return 0
+
+
+cdef inline int _put_i64(Buf* b, int64_t value) except -1:
+    ff_put_i64(_room(b, 8), value)
+    return 0
+
+
+cdef int64_t _check_range(str name, object value, int64_t low, int64_t high) except? -1:
+    cdef int overflow
+    cdef int64_t v
+    if not isinstance(value, int):
+        raise TypeError(f"{name} must be int, not {type(value).__name__}")
+    v = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow or v < low or v > high:
+        raise ValueError(f"{name} out of range [{low}, {high}]: {value}")
+    return v
+
+
+cdef inline int _put_string_pair(Buf* b, const char* key, Py_ssize_t key_size, const char* p,
+                                 Py_ssize_t n) except -1:
+    """``key_size`` bytes of a key's wire string, then ``[i32 n][n bytes]``."""
+    cdef char* out
+    if n > INT32_MAX:
+        raise struct.error(_I32_PACK_ERROR)
+    out = _room(b, key_size + 4 + n)
+    ff_copy(out, key, key_size)
+    ff_put_i32(out + key_size, <int32_t>n)
+    ff_copy(out + key_size + 4, p, n)
+    return 0
+
+
+cdef int _put_utf8_pair(Buf* b, const char* key, Py_ssize_t key_size, str value) except -1:
+    """A str that is not ASCII; encoding errors are ``str.encode``'s own."""
+    cdef bytes raw = PyUnicode_AsUTF8String(value)
+    return _put_string_pair(b, key, key_size, PyBytes_AS_STRING(raw), len(raw))
+
+
+cdef inline int _put_pair(Buf* b, const char* key, Py_ssize_t key_size, PyObject* value) except -1:
+    """``key_size`` bytes of a key's wire string, then ``[i32 n][UTF-8]`` of a str."""
+    cdef Py_ssize_t n
+    cdef const char* p = ff_ascii_data(value, &n)
+    if p == NULL:
+        return _put_utf8_pair(b, key, key_size, <str>value)
+    return _put_string_pair(b, key, key_size, p, n)
+
+
+cdef inline int _put_str(Buf* b, str value) except -1:
+    """``[i32 n][UTF-8]`` of a str."""
+    return _put_pair(b, NULL, 0, <PyObject*>value)
+
+
+cdef int _put_buffer(Buf* b, object data) except -1:
+    """Append a buffer, or fail like ``bytearray +=``."""
+    cdef Py_buffer view
+    try:
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    except Exception:
+        name = Py_TYPE(data).tp_name.decode("utf-8")
+        raise TypeError(f"can't concat {name} to bytearray") from None
+    try:
+        memcpy(_room(b, view.len), view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return 0
+
+
+cdef int _put_u8_list(Buf* b, object values) except -1:
+    if len(values) > 0xFF:
+        raise ValueError(f"u8 list too long: {len(values)} items, at most 255")
+    for v in values:
+        _check_range("u8 list item", v, 0, 0xFF)
+    _put_u8(b, <uint8_t>len(values))
+    _put_buffer(b, bytes(values))
+    return 0
+
+
+cdef int _put_u8_dict(Buf* b, object mapping) except -1:
+    if len(mapping) > 0xFF:
+        raise ValueError(f"u8 dict too long: {len(mapping)} items, at most 255")
+    _put_u8(b, <uint8_t>len(mapping))
+    for key, value in mapping.items():
+        _put_u8(b, <uint8_t>_check_range("u8 dict key", key, 0, 0xFF))
+        _put_u8(b, <uint8_t>_check_range("u8 dict value", value, 0, 0xFF))
+    return 0
+
+
+cdef class Writer:
+    """A growable output buffer with the protocol's primitive writers.
+
+    ``getvalue()`` returns the bytes written so far. Values out of range raise
+    ``ValueError``; values of the wrong type raise ``TypeError``.
+    """
+
+    cdef Buf _buf
+
+    def __dealloc__(self):
+        PyMem_Free(self._buf.data)
+
+    def __len__(self):
+        return self._buf.len
+
+    def getvalue(self):
+        return _bytes(&self._buf)
+
+    def write_u8(self, value):
+        _put_u8(&self._buf, <uint8_t>_check_range("u8", value, 0, 0xFF))
+
+    def write_u16(self, value):
+        _put_u16(&self._buf, <uint16_t>_check_range("u16", value, 0, 0xFFFF))
+
+    def write_i32(self, value):
+        _put_i32(&self._buf, <int32_t>_check_range("i32", value, INT32_MIN, INT32_MAX))
+
+    def write_i64(self, value):
+        _put_i64(&self._buf, _check_range("i64", value, INT64_MIN, INT64_MAX))
+
+    def write_bytes(self, data):
+        _put_buffer(&self._buf, data)
+
+    def write_string(self, value):
+        if not isinstance(value, str):
+            raise TypeError(f"string must be str, not {type(value).__name__}")
+        _put_str(&self._buf, value)
+
+    def write_string_map(self, mapping):
+        n = len(mapping)
+        if n > INT32_MAX:
+            raise struct.error(_I32_PACK_ERROR)
+        _put_i32(&self._buf, <int32_t>n)
+        for key, value in mapping.items():
+            self.write_string(key)
+            self.write_string(value)
+
+    def write_u8_list(self, values):
+        _put_u8_list(&self._buf, values)
+
+    def write_u8_dict(self, mapping):
+        _put_u8_dict(&self._buf, mapping)
+
+
+cdef bytes _frame(Buf* b, int opcode):
+    """The frame whose body follows the 5 bytes reserved at the start of ``b``."""
+    cdef Py_ssize_t n = b.len - 5
+    if n > INT32_MAX:
+        raise ValueError(f"frame body too long: {n} bytes")
+    b.data[0] = <char>opcode
+    ff_put_i32(b.data + 1, <int32_t>n)
+    return _bytes(b)
+
+
+# -- frames -----------------------------------------------------------------
+
+def read_frame_header(buf, offset=0, max_length=DEFAULT_MAX_FRAME):
+    """``[u8 opcode][i32 length]`` -> ``(opcode, length)``.
+
+    An unknown opcode, a negative length or one over ``max_length`` is a
+    ``ProtocolError``: such a frame cannot be delimited or must not be read.
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t off = _offset(offset)
+    cdef int opcode
+    cdef int32_t length
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        _need(&view, off, 5, offset)
+        opcode = (<const uint8_t*>view.buf)[off]
+        length = ff_get_i32(<const char*>view.buf + off + 1)
+    finally:
+        PyBuffer_Release(&view)
+    if opcode > _MAX_OPCODE:
+        raise ProtocolError(f"unknown opcode {opcode}", opcode)
+    if length < 0:
+        raise ProtocolError(f"negative frame length {length}", opcode)
+    if length > max_length:
+        raise ProtocolError(f"frame length {length} exceeds the limit of {max_length} bytes",
+                            opcode)
+    return opcode, length
+
+
+def encode_frame(opcode, body):
+    """``[u8 opcode][i32 len(body)][body]``."""
+    cdef Py_buffer view
+    cdef int op = <int>_check_range("opcode", opcode, 0, 0xFF)
+    cdef bytes frame
+    cdef char* out
+    if len(body) > INT32_MAX:
+        raise ValueError(f"frame body too long: {len(body)} bytes")
+    try:
+        PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+    except Exception:
+        PyObject_GetBuffer(bytes(body), &view, PyBUF_SIMPLE)   # what bytes(body) accepts
+    try:
+        frame = PyBytes_FromStringAndSize(NULL, 5 + view.len)
+        out = PyBytes_AS_STRING(frame)
+        out[0] = <char>op
+        ff_put_i32(out + 1, <int32_t>view.len)
+        memcpy(out + 5, view.buf, view.len)
+        return frame
+    finally:
+        PyBuffer_Release(&view)
+
+
+# -- table bodies -----------------------------------------------------------
+
+cdef _table_spec(opcode):
+    spec = TABLES_BY_OPCODE.get(opcode) if isinstance(opcode, int) else None
+    if spec is None:
+        raise ValueError(f"not a table opcode: {opcode!r}")
+    return spec
+
+
+cdef int _column_indexes(spec, columns, int* picks) except -1:
+    """Store each column's key index in ``picks`` (default: all, spec order); return the count."""
+    cdef int n = 0, i
+    cdef unsigned int seen = 0
+    if columns is None:
+        for i in range(len(spec.required_keys)):
+            picks[i] = i
+        return len(spec.required_keys)
+    index = _KEY_INDEX[spec.opcode]
+    for c in columns:
+        found = index.get(c) if isinstance(c, str) else None
+        if found is None:
+            raise ValueError(f"unknown column {c!r} for table {spec.name}")
+        i = found
+        if seen >> i & 1:
+            raise ValueError(f"duplicate column {c!r}")
+        seen |= 1u << i
+        picks[n] = i
+        n += 1
+    return n
+
+
+cdef enum ScanError:
+    E_TRUNCATED = 1     # a: bytes needed, b: offset
+    E_NEGATIVE_ROWS     # a: row count
+    E_STATUS            # a: status
+    E_ROW_COUNT         # a: row count
+    E_PAIRS             # a: pairs expected, b: pairs found
+    E_PAIRS_AT_MOST     # a: pairs found
+    E_NEGATIVE_LENGTH   # a: length, b: offset
+    E_UNKNOWN_KEY       # a: key length, b: offset of the key string
+    E_DUPLICATE_KEY     # a: key index
+    E_NOT_IN_COLUMNS    # a: key index
+    E_UTF8              # b: offset of the string
+    E_TRAILING          # a: bytes left
+
+ctypedef struct Scan:
+    # A table body being validated one row at a time, without the GIL; on a
+    # failure, error/row/a/b say what to raise.
+    const char* data
+    Py_ssize_t size
+    Py_ssize_t pos
+    const Table* table
+    int32_t n_rows
+    int64_t batch_number
+    int status
+    bint ascii                      # the whole body is ASCII, so every value is
+    int order[MAX_KEYS]             # the previous row's keys, in its order: the likely next ones
+    int expected                    # pairs per row; -1 until a projection's row 0 sets it
+    unsigned int present            # the keys every row carries, one bit per key index
+    int n_present
+    int present_order[MAX_KEYS]     # those keys in row 0's order (spec order for a full batch)
+    int error
+    Py_ssize_t row, a, b
+
+ctypedef struct Row:
+    # Where the scanned row's pairs are, by key index.
+    Py_ssize_t pair[MAX_KEYS]       # the key string
+    Py_ssize_t start[MAX_KEYS]      # the value's bytes
+    Py_ssize_t length[MAX_KEYS]
+    unsigned int ascii              # bit per key index: the value is ASCII
+
+
+cdef inline int _fail(Scan* s, int error, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    s.error = error
+    s.a = a
+    s.b = b
+    return -1
+
+
+cdef int _scan_header(Scan* s, const char* data, Py_ssize_t size) noexcept nogil:
+    """``[i32 nRows][i64 batchNumber][u8 status]``."""
+    s.data = data
+    s.size = size
+    s.row = 0
+    if size < 13:
+        return _fail(s, E_TRUNCATED, 13, 0)
+    s.n_rows = ff_get_i32(data)
+    s.batch_number = ff_get_i64(data + 4)
+    s.status = <uint8_t>data[12]
+    s.pos = 13
+    if s.n_rows < 0:
+        return _fail(s, E_NEGATIVE_ROWS, s.n_rows, 0)
+    if s.status > _MAX_STATUS:
+        return _fail(s, E_STATUS, s.status, 0)
+    return 0
+
+
+cdef int _scan_start(Scan* s, const Table* table, const char* data, Py_ssize_t size,
+                     bint projected) noexcept nogil:
+    cdef int k
+    if _scan_header(s, data, size) < 0:
+        return -1
+    # Every row takes at least its 4-byte pair count: reject impossible counts
+    # before building anything proportional to them.
+    if s.n_rows > (size - 13) // 4:
+        return _fail(s, E_ROW_COUNT, s.n_rows, 0)
+    s.table = table
+    s.ascii = ff_is_ascii(data + 13, size - 13)
+    s.expected = -1
+    s.present = 0
+    s.n_present = 0
+    for k in range(table.n_keys):
+        s.order[k] = k
+    if not projected:
+        s.expected = s.n_present = table.n_keys
+        s.present = (1u << table.n_keys) - 1
+        for k in range(table.n_keys):
+            s.present_order[k] = k
+    return 0
+
+
+cdef inline int _scan_string(Scan* s, Py_ssize_t* start, Py_ssize_t* length) noexcept nogil:
+    """``[i32 n][n bytes]`` at ``s.pos``: where the bytes are; moves past them."""
+    cdef Py_ssize_t pos = s.pos
+    cdef int32_t n
+    if s.size - pos < 4:
+        return _fail(s, E_TRUNCATED, 4, pos)
+    n = ff_get_i32(s.data + pos)
+    if n < 0:
+        return _fail(s, E_NEGATIVE_LENGTH, n, pos)
+    pos += 4
+    if n > s.size - pos:
+        return _fail(s, E_TRUNCATED, n, pos)
+    start[0] = pos
+    length[0] = n
+    s.pos = pos + n
+    return 0
+
+
+cdef inline int _key_index(const Table* t, const char* p, Py_ssize_t n) noexcept nogil:
+    cdef int k
+    for k in range(t.n_keys):
+        if t.key_len[k] == n and ff_equal(t.wire_key[k] + 4, p, n):
+            return k
+    return -1
+
+
+cdef int _scan_row(Scan* s, Row* row, Py_ssize_t r) noexcept nogil:
+    """Validate row ``r`` and locate its pairs: ``_codec_py._scan_rows``'s checks, in its order."""
+    cdef const Table* t = s.table
+    cdef Py_ssize_t at, start, length
+    cdef int32_t n_pairs
+    cdef int j, k, kind
+    cdef unsigned int seen = 0, bit
+    s.row = r
+    if s.size - s.pos < 4:
+        return _fail(s, E_TRUNCATED, 4, s.pos)
+    n_pairs = ff_get_i32(s.data + s.pos)
+    if s.expected >= 0 and n_pairs != s.expected:
+        return _fail(s, E_PAIRS, s.expected, n_pairs)
+    if n_pairs < 0 or n_pairs > t.n_keys:
+        return _fail(s, E_PAIRS_AT_MOST, n_pairs, 0)
+    s.pos += 4
+    row.ascii = 0
+    for j in range(n_pairs):
+        at = s.pos
+        if _scan_string(s, &start, &length) < 0:
+            return -1
+        # Rows mostly list their keys in the same order (spec order, from fastframe's client).
+        k = s.order[j]
+        if t.key_len[k] != length or not ff_equal(t.wire_key[k] + 4, s.data + start, length):
+            k = _key_index(t, s.data + start, length)
+            if k < 0:
+                return _fail(s, E_UNKNOWN_KEY, length, at)
+            s.order[j] = k
+        bit = 1u << k
+        if seen & bit:
+            return _fail(s, E_DUPLICATE_KEY, k, 0)
+        if not s.present & bit and s.expected >= 0:
+            return _fail(s, E_NOT_IN_COLUMNS, k, 0)
+        seen |= bit
+        row.pair[k] = at
+        at = s.pos
+        if _scan_string(s, &start, &length) < 0:
+            return -1
+        kind = UTF8_ASCII if s.ascii else _utf8_kind(s.data + start, length)
+        if kind == UTF8_INVALID:
+            return _fail(s, E_UTF8, 0, at)
+        if kind == UTF8_ASCII:
+            row.ascii |= bit
+        row.start[k] = start
+        row.length[k] = length
+        if s.expected < 0:
+            s.present_order[j] = k
+    if s.expected < 0:
+        s.expected = s.n_present = n_pairs
+        s.present = seen
+    return 0
+
+
+cdef inline int _scan_end(Scan* s) noexcept nogil:
+    if s.pos != s.size:
+        return _fail(s, E_TRAILING, s.size - s.pos, 0)
+    return 0
+
+
+cdef int _raise_scan_error(const Scan* s, object opcode, tuple keys) except -1:
+    cdef int e = s.error
+    cdef Py_ssize_t r = s.row
+    if e == E_TRUNCATED:
+        raise _truncated(s.a, s.b, s.size - s.b, opcode)
+    if e == E_NEGATIVE_ROWS:
+        raise ProtocolError(f"negative row count {s.a}", opcode)
+    if e == E_STATUS:
+        raise ProtocolError(f"invalid batch status {s.a}", opcode)
+    if e == E_ROW_COUNT:
+        raise ProtocolError(f"row count {s.a} exceeds what {s.size - 13} body bytes can hold",
+                            opcode)
+    if e == E_PAIRS:
+        raise ProtocolError(f"row {r}: expected {s.a} pairs, got {s.b}", opcode)
+    if e == E_PAIRS_AT_MOST:
+        raise ProtocolError(f"row {r}: expected at most {len(keys)} pairs, got {s.a}", opcode)
+    if e == E_NEGATIVE_LENGTH:
+        raise ProtocolError(f"negative string length {s.a} at offset {s.b}", opcode)
+    if e == E_UNKNOWN_KEY:
+        # The pure codec decodes an unknown key to name it: invalid UTF-8 fails first.
+        if _utf8_kind(s.data + s.b + 4, s.a) == UTF8_INVALID:
+            raise ProtocolError(f"invalid UTF-8 in string at offset {s.b}", opcode)
+        key = PyUnicode_DecodeUTF8(s.data + s.b + 4, s.a, NULL)
+        raise ProtocolError(f"row {r}: unknown key {key!r}", opcode)
+    if e == E_DUPLICATE_KEY:
+        raise ProtocolError(f"row {r}: duplicate key {keys[s.a]!r}", opcode)
+    if e == E_NOT_IN_COLUMNS:
+        raise ProtocolError(f"row {r}: key {keys[s.a]!r} not in the batch's columns", opcode)
+    if e == E_UTF8:
+        raise ProtocolError(f"invalid UTF-8 in string at offset {s.b}", opcode)
+    raise ProtocolError(f"{s.a} trailing bytes after {s.n_rows} rows", opcode)
+
+
+cdef enum:
+    CACHE_BITS = 9
+    CACHE_MAX = 8       # longest value cached, in bytes
+
+ctypedef struct StrCache:
+    # Short values repeat across a batch (amounts, ids, flags): one str per
+    # distinct value, not one per row. The references are borrowed from the
+    # rows being built, which outlive the cache.
+    uint64_t key[1 << CACHE_BITS]
+    Py_ssize_t length[1 << CACHE_BITS]      # 0: an empty slot
+    PyObject* value[1 << CACHE_BITS]
+
+
+cdef inline str _row_str(const Scan* s, const Row* row, int k, StrCache* cache):
+    """The value of key ``k`` in the row just scanned."""
+    cdef const char* p = s.data + row.start[k]
+    cdef Py_ssize_t n = row.length[k]
+    cdef bint ascii = row.ascii >> k & 1
+    cdef uint64_t key
+    cdef unsigned int slot
+    cdef str value
+    if not (ascii and 2 <= n <= CACHE_MAX):
+        return _new_str(p, n, ascii)
+    key = ff_short_key(p, n)
+    slot = ff_slot(key, n, CACHE_BITS)
+    if cache.length[slot] == n and cache.key[slot] == key:
+        return <str>cache.value[slot]
+    value = _new_str(p, n, True)
+    cache.key[slot] = key
+    cache.length[slot] = n
+    cache.value[slot] = <PyObject*>value
+    return value
+
+
+cdef inline object _row_value(const Scan* s, const Row* row, int k, StrCache* cache):
+    """The value of key ``k``, or None when the batch leaves that key out."""
+    if not s.present >> k & 1:
+        return None
+    return _row_str(s, row, k, cache)
+
+
+cdef enum RowType:
+    ROWS_OBJECT
+    ROWS_DICT
+    ROWS_TUPLE
+
+
+def decode_table_body(opcode, body, row_type="object", columns=None, projected=False):
+    """Decode a table body (PROTOCOL.md §4) -> ``(batch_number, status, keys, rows)``."""
+    cdef int picks[MAX_KEYS]
+    cdef int n_picks = 0, n_keys, j, k
+    cdef RowType kind
+    cdef Py_buffer view
+    cdef Scan s
+    cdef Row row
+    cdef StrCache cache
+    cdef Py_ssize_t r
+    cdef list rows
+    spec = _table_spec(opcode)
+    if row_type not in _ROW_TYPES:
+        raise ValueError(f"row_type must be 'object', 'dict' or 'tuple', not {row_type!r}")
+    if row_type == "tuple":
+        n_picks = _column_indexes(spec, columns, picks)
+    kind = ROWS_OBJECT if row_type == "object" else ROWS_TUPLE if row_type == "tuple" else ROWS_DICT
+    cdef tuple keys = spec.required_keys
+    cdef bint is_projection = projected
+    cls = spec.row_class
+    template = None
+    n_keys = len(keys)
+    PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+    try:
+        if _scan_start(&s, &_tables[<int>spec.opcode], <const char*>view.buf, view.len,
+                       is_projection) < 0:
+            _raise_scan_error(&s, opcode, keys)
+        memset(cache.length, 0, sizeof(cache.length))
+        rows = PyList_New(s.n_rows)
+        for r in range(s.n_rows):
+            if _scan_row(&s, &row, r) < 0:
+                _raise_scan_error(&s, opcode, keys)
+            if kind == ROWS_DICT:
+                # Copying a dict of the batch's keys is quicker than inserting
+                # each key; the keys are the table's own str objects.
+                if template is None:
+                    template = {keys[s.present_order[j]]: None for j in range(s.n_present)}
+                item = PyDict_Copy(template)
+                for j in range(s.n_present):
+                    k = s.present_order[j]
+                    PyDict_SetItem(item, <object>PyTuple_GET_ITEM(keys, k),
+                                   _row_str(&s, &row, k, &cache))
+            else:
+                if kind == ROWS_OBJECT:
+                    item = ff_alloc_row(cls, n_keys)
+                    for k in range(n_keys):
+                        value = _row_value(&s, &row, k, &cache)
+                        Py_INCREF(value)
+                        PyTuple_SET_ITEM(item, k, value)
+                else:
+                    item = PyTuple_New(n_picks)
+                    for j in range(n_picks):
+                        value = _row_value(&s, &row, picks[j], &cache)
+                        Py_INCREF(value)
+                        PyTuple_SET_ITEM(item, j, value)
+                # A row of str and None can never be part of a cycle: untracked,
+                # the GC never walks it. (CPython untracks such tuples itself,
+                # but only exact tuples, and only once a collection walked them.)
+                PyObject_GC_UnTrack(<void*>item)
+            Py_INCREF(item)
+            PyList_SET_ITEM(rows, r, item)
+        if _scan_end(&s) < 0:
+            _raise_scan_error(&s, opcode, keys)
+    finally:
+        PyBuffer_Release(&view)
+    if not is_projection:
+        present = keys
+    elif s.expected < 0:
+        present = ()
+    else:
+        present = tuple([keys[s.present_order[j]] for j in range(s.n_present)])
+    return s.batch_number, s.status, present, rows
+
+
+def decode_eof_body(body):
+    """Decode an EOF body (PROTOCOL.md §5) -> ``(batch_number, table_type)``."""
+    opcode = Opcodes.EOF
+    cdef Py_buffer view
+    cdef Scan s
+    cdef const char* data
+    cdef Py_ssize_t size, pos
+    cdef int32_t n_pairs
+    PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+    try:
+        data = <const char*>view.buf
+        size = view.len
+        if _scan_header(&s, data, size) < 0:
+            _raise_scan_error(&s, opcode, ())
+        if s.n_rows != 1:
+            raise ProtocolError(f"EOF: expected 1 row, got {s.n_rows}", opcode)
+        if s.status != BatchStatus.EOF:
+            raise ProtocolError(f"EOF: expected status 1 (EOF), got {s.status}", opcode)
+        if 17 > size:
+            raise _truncated(4, 13, size - 13, opcode)
+        n_pairs = ff_get_i32(data + 13)
+        if n_pairs != 1:
+            raise ProtocolError(f"EOF: expected 1 pair, got {n_pairs}", opcode)
+        key = _str_at(data, size, 17, 17, opcode, &pos)
+        if key != EOF_KEY:
+            raise ProtocolError(f"EOF: expected key 'table_type', got {key!r}", opcode)
+        table_type = _str_at(data, size, pos, pos, opcode, &pos)
+        if table_type not in TABLES_BY_NAME:
+            raise ProtocolError(f"EOF: unknown table type {table_type!r}", opcode)
+        if pos != size:
+            raise ProtocolError(f"{size - pos} trailing bytes after 1 rows", opcode)
+    finally:
+        PyBuffer_Release(&view)
+    return s.batch_number, TABLES_BY_NAME[table_type].name
+
+
+def decode_finished_body(body):
+    """Decode a FINISHED body ``[i32 agency_id]`` -> ``agency_id``."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+    try:
+        if view.len != 4:
+            raise ProtocolError(f"FINISHED body must be 4 bytes, got {view.len}", Opcodes.FINISHED)
+        return ff_get_i32(<const char*>view.buf)
+    finally:
+        PyBuffer_Release(&view)
+
+
+def decode_ack_body(opcode, body):
+    """Check an ACK body (opcodes 1 and 2): it must be empty."""
+    name = _ACK_NAMES.get(opcode)
+    if name is None:
+        raise ValueError(f"not an ACK opcode: {opcode!r}")
+    if len(body) != 0:
+        raise ProtocolError(f"{name} body must be empty, got {len(body)} bytes", opcode)
+
+
+# -- DataBatch --------------------------------------------------------------
+
+def decode_databatch_body(body):
+    """Decode a DataBatch body (PROTOCOL.md §6)."""
+    opcode = Opcodes.DATA_BATCH
+    cdef Py_buffer view
+    cdef const char* data
+    cdef Py_ssize_t size, pos
+    cdef int inner_opcode
+    cdef int32_t inner_length
+    PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+    try:
+        data = <const char*>view.buf
+        size = view.len
+        table_ids = _u8_list_at(data, size, 0, 0, opcode, &pos)
+        query_ids = _u8_list_at(data, size, pos, pos, opcode, &pos)
+        if size - pos < 2:
+            raise _truncated(2, pos, size - pos, opcode)
+        reserved = ff_get_u16(data + pos)
+        pos += 2
+        if size - pos < 8:
+            raise _truncated(8, pos, size - pos, opcode)
+        batch_number = ff_get_i64(data + pos)
+        pos += 8
+        meta = _u8_dict_at(data, size, pos, pos, opcode, &pos)
+        if size - pos < 2:
+            raise _truncated(2, pos, size - pos, opcode)
+        total_shards = ff_get_u16(data + pos)
+        pos += 2
+        if size - pos < 2:
+            raise _truncated(2, pos, size - pos, opcode)
+        shard_num = ff_get_u16(data + pos)
+        pos += 2
+        if size - pos < 5:
+            raise _truncated(5, pos, size - pos, opcode)
+        inner_opcode = <uint8_t>data[pos]
+        inner_length = ff_get_i32(data + pos + 1)
+    finally:
+        PyBuffer_Release(&view)
+    if inner_opcode == Opcodes.DATA_BATCH:
+        raise ProtocolError("nested DataBatch", opcode)
+    if inner_opcode > _MAX_OPCODE:
+        raise ProtocolError(f"unknown opcode {inner_opcode}", opcode)
+    if inner_opcode in _ACK_NAMES:
+        raise ProtocolError(f"DataBatch cannot embed opcode {inner_opcode}", opcode)
+    pos += 5
+    if inner_length != size - pos:
+        raise ProtocolError(
+            f"embedded frame length {inner_length} does not match the {size - pos} bytes left",
+            opcode)
+    return (table_ids, query_ids, reserved, batch_number, meta, total_shards, shard_num,
+            inner_opcode, pos)
+
+
+cdef Py_ssize_t _put_databatch_header(Buf* b, table_ids, query_ids, reserved, batch_number,
+                                      meta, total_shards, shard_num) except -1:
+    """Write a DataBatch header; return where its batch number is, for patching."""
+    cdef Py_ssize_t number_at
+    _put_u8_list(b, table_ids)
+    _put_u8_list(b, query_ids)
+    _put_u16(b, <uint16_t>_check_range("u16", reserved, 0, 0xFFFF))
+    number_at = b.len
+    _put_i64(b, _check_range("i64", batch_number, INT64_MIN, INT64_MAX))
+    _put_u8_dict(b, meta)
+    _put_u16(b, <uint16_t>_check_range("u16", total_shards, 0, 0xFFFF))
+    _put_u16(b, <uint16_t>_check_range("u16", shard_num, 0, 0xFFFF))
+    return number_at
+
+
+def encode_databatch_header(table_ids, query_ids, reserved, batch_number, meta, total_shards,
+                            shard_num):
+    """Encode a DataBatch body's header, everything before the embedded frame."""
+    cdef Buf b = Buf(NULL, 0, 0)
+    try:
+        _put_databatch_header(&b, table_ids, query_ids, reserved, batch_number, meta,
+                              total_shards, shard_num)
+        return _bytes(&b)
+    finally:
+        PyMem_Free(b.data)
+
+
+def check_embedded(embedded):
+    """Check that ``embedded`` is one well-framed message a DataBatch may carry."""
+    cdef Py_buffer view
+    cdef const char* data
+    PyObject_GetBuffer(embedded, &view, PyBUF_SIMPLE)
+    try:
+        data = <const char*>view.buf
+        if view.len < 5 or ff_get_i32(data + 1) != view.len - 5:
+            raise ValueError(
+                "embedded bytes are not one well-framed message ([u8][i32 n][n bytes])")
+        inner_opcode = <uint8_t>data[0]
+        if inner_opcode == Opcodes.DATA_BATCH:
+            raise ValueError("a DataBatch cannot embed a DataBatch")
+        if not Opcodes.FINISHED <= inner_opcode <= Opcodes.EOF:
+            raise ValueError(f"a DataBatch cannot embed opcode {inner_opcode}")
+    finally:
+        PyBuffer_Release(&view)
+
+
+def encode_databatch_frame(table_ids, query_ids, reserved, batch_number, meta, total_shards,
+                           shard_num, embedded):
+    """Encode a whole DataBatch frame around ``embedded``, an already framed message."""
+    cdef Buf b = Buf(NULL, 0, 0)
+    try:
+        _room(&b, 5)
+        _put_databatch_header(&b, table_ids, query_ids, reserved, batch_number, meta,
+                              total_shards, shard_num)
+        check_embedded(embedded)
+        _put_buffer(&b, embedded)
+        return _frame(&b, Opcodes.DATA_BATCH)
+    finally:
+        PyMem_Free(b.data)
+
+
+# -- encoders ---------------------------------------------------------------
+
+cdef list _row_values(spec, row, Py_ssize_t r, list columns, const int* picks):
+    """The values of a row that is not an exact dict or row-class instance (``_codec_py`` rules)."""
+    cdef Py_ssize_t n = len(columns)
+    if isinstance(row, spec.row_class):
+        return [row[picks[j]] for j in range(n)]
+    if PyDict_Check(row) or isinstance(row, Mapping):
+        if len(row) != n:
+            raise ValueError(f"row {r}: expected keys {list(columns)}, got {list(row)}")
+        try:
+            return [row[c] for c in columns]
+        except KeyError as exc:
+            raise ValueError(f"row {r}: missing key {exc.args[0]!r}") from None
+    if isinstance(row, (tuple, list)):
+        if len(row) != n:
+            raise ValueError(f"row {r}: expected {n} values, got {len(row)}")
+        return list(row)
+    raise TypeError(f"row {r}: expected a mapping, a {spec.row_class.__name__} or a sequence, "
+                    f"not {type(row).__name__}")
+
+
+cdef inline bint _dict_in_order(dict row, list names, PyObject** values) noexcept:
+    """Read a dict's values in one pass if its keys are ``names``, in that order.
+
+    Its size is ``len(names)``; then ``row[name]`` would give the same values.
+    """
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* key
+    cdef PyObject* name
+    cdef int j = 0
+    while PyDict_Next(row, &pos, &key, &values[j]):
+        name = PyList_GET_ITEM(names, j)
+        if key != name and not (PyUnicode_CheckExact(key) and ff_same_str(key, name)):
+            return False
+        j += 1
+    return True
+
+
+cdef int _put_row(Buf* b, const Table* t, spec, cls, row, Py_ssize_t r, list names,
+                  const int* picks, int n_cols) except -1:
+    """``[i32 nPairs]([key][value]) * nPairs`` of one row, in ``names`` order."""
+    # Borrowed references (or ones ``held`` owns): no Python code runs
+    # between reading them and writing them.
+    cdef PyObject* values[MAX_KEYS]
+    cdef PyObject** items
+    cdef list held = None
+    cdef int j, k
+    if PyDict_CheckExact(row):
+        if PyDict_GET_SIZE(row) != n_cols:
+            raise ValueError(f"row {r}: expected keys {names}, got {list(row)}")
+        if not _dict_in_order(row, names, values):
+            try:
+                held = [row[c] for c in names]
+            except KeyError as exc:
+                raise ValueError(f"row {r}: missing key {exc.args[0]!r}") from None
+    elif type(row) is cls:
+        for j in range(n_cols):
+            if picks[j] >= PyTuple_GET_SIZE(row):
+                raise IndexError("tuple index out of range")
+            values[j] = PyTuple_GET_ITEM(row, picks[j])
+    elif PyList_CheckExact(row) or PyTuple_CheckExact(row):
+        if len(row) != n_cols:
+            raise ValueError(f"row {r}: expected {n_cols} values, got {len(row)}")
+        items = PySequence_Fast_ITEMS(row)
+        for j in range(n_cols):
+            values[j] = items[j]
+    else:
+        held = _row_values(spec, row, r, names, picks)
+    if held is not None:
+        for j in range(n_cols):
+            values[j] = PyList_GET_ITEM(held, j)
+    _put_i32(b, n_cols)
+    for j in range(n_cols):
+        if not PyUnicode_Check(<object>values[j]):
+            raise TypeError(f"row {r}: value of {names[j]!r} must be str, not "
+                            f"{type(<object>values[j]).__name__}")
+        k = picks[j]
+        _put_pair(b, t.wire_key[k], 4 + t.key_len[k], values[j])
+    return 0
+
+
+def encode_table_frame(opcode, batch_number, status, rows, columns=None):
+    """Encode a table batch frame: ``[u8 opcode][i32 len][table body]`` (PROTOCOL.md §4)."""
+    cdef int picks[MAX_KEYS]
+    cdef int n_cols, j
+    cdef Py_ssize_t r = 0, n_rows, row_size
+    cdef Buf b = Buf(NULL, 0, 0)
+    cdef char* header
+    spec = _table_spec(opcode)
+    n_cols = _column_indexes(spec, columns, picks)
+    names = [spec.required_keys[picks[j]] for j in range(n_cols)]
+    cdef int64_t number = _check_range("batch_number", batch_number, INT64_MIN, INT64_MAX)
+    if status not in (0, 1, 2):
+        raise ValueError(f"invalid batch status {status!r}")
+    n_rows = len(rows)
+    if n_rows > INT32_MAX:
+        raise ValueError(f"too many rows: {len(rows)}")
+    cdef uint8_t status_byte = PyNumber_Index(status)   # 1.0 == 1, but it is no status byte
+    cdef const Table* t = &_tables[<int>spec.opcode]
+    cls = spec.row_class
+    # Room for rows of 16-byte values up front; longer ones grow the buffer.
+    row_size = 4
+    for j in range(n_cols):
+        row_size += 4 + t.key_len[picks[j]] + 4 + 16
+    try:
+        _grow(&b, 18 + min(n_rows, MAX_BATCH_FRAME) * row_size)
+        header = _room(&b, 18)
+        ff_put_i32(header + 5, <int32_t>n_rows)
+        ff_put_i64(header + 9, number)
+        header[17] = <char>status_byte
+        for row in rows:
+            _put_row(&b, t, spec, cls, row, r, names, picks, n_cols)
+            r += 1
+        return _frame(&b, <int>spec.opcode)
+    finally:
+        PyMem_Free(b.data)
+
+
+def encode_eof_frame(batch_number, table_type):
+    """Encode an EOF frame (PROTOCOL.md §5) for ``table_type``."""
+    cdef Buf b = Buf(NULL, 0, 0)
+    cdef char* header
+    if table_type not in TABLES_BY_NAME:
+        raise ValueError(f"unknown table type {table_type!r}")
+    cdef int64_t number = _check_range("batch_number", batch_number, INT64_MIN, INT64_MAX)
+    try:
+        header = _room(&b, 22)
+        ff_put_i32(header + 5, 1)
+        ff_put_i64(header + 9, number)
+        header[17] = BatchStatus.EOF
+        ff_put_i32(header + 18, 1)
+        _put_str(&b, EOF_KEY)
+        if not isinstance(table_type, str):
+            raise TypeError(f"string must be str, not {type(table_type).__name__}")
+        _put_str(&b, table_type)
+        return _frame(&b, Opcodes.EOF)
+    finally:
+        PyMem_Free(b.data)
+
+
+def encode_finished_frame(agency_id):
+    """Encode a FINISHED frame: ``[u8 3][i32 4][i32 agency_id]``."""
+    cdef int32_t value = <int32_t>_check_range("agency_id", agency_id, INT32_MIN, INT32_MAX)
+    cdef char out[9]
+    out[0] = Opcodes.FINISHED
+    ff_put_i32(out + 1, 4)
+    ff_put_i32(out + 5, value)
+    return PyBytes_FromStringAndSize(out, 9)
+
+
+cdef int _project_rows(Scan* s, const int* picks, int n_picks, char* out,
+                       Py_ssize_t* written) noexcept nogil:
+    """Validate the rows of a full table body and copy the picked pairs to ``out``.
+
+    A projected row is never longer than its source row, so ``out`` needs no
+    more room than the body has.
+    """
+    cdef Row row
+    cdef char* w = out
+    cdef Py_ssize_t r, n
+    cdef int j, k
+    memcpy(w, s.data, 13)   # the same row count, batch number and status
+    w += 13
+    for r in range(s.n_rows):
+        if _scan_row(s, &row, r) < 0:
+            return -1
+        ff_put_i32(w, n_picks)
+        w += 4
+        for j in range(n_picks):
+            # The key and the value as they are on the wire, in one copy.
+            k = picks[j]
+            n = row.start[k] + row.length[k] - row.pair[k]
+            ff_copy(w, s.data + row.pair[k], n)
+            w += n
+    if _scan_end(s) < 0:
+        return -1
+    written[0] = w - out
+    return 0
+
+
+def project_databatch(opcode, body, table_ids, query_ids, meta, total_shards, shard_num,
+                      reserved=0, columns=None):
+    """Validate a client table body and wrap its projection in a DataBatch frame."""
+    cdef int picks[MAX_KEYS]
+    cdef int n_picks, rc
+    cdef Buf header = Buf(NULL, 0, 0)
+    cdef Py_ssize_t number_at, inner_at, body_size = 0
+    cdef Py_buffer view
+    cdef Scan s
+    cdef PyObject* frame = NULL
+    cdef char* out
+    spec = _table_spec(opcode)
+    n_picks = _column_indexes(spec, spec.kept_columns if columns is None else columns, picks)
+    cdef const Table* t = &_tables[<int>spec.opcode]
+    cdef tuple keys = spec.required_keys
+    try:
+        # Header arguments are checked before the body; the batch number is patched in.
+        number_at = 5 + _put_databatch_header(&header, table_ids, query_ids, reserved, 0, meta,
+                                              total_shards, shard_num)
+        inner_at = 5 + header.len
+        PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+        try:
+            if _scan_start(&s, t, <const char*>view.buf, view.len, False) < 0:
+                _raise_scan_error(&s, opcode, keys)
+            # One output, as long as a projection can get (the whole body), shrunk at the end.
+            frame = _new_bytes(NULL, inner_at + 5 + view.len)
+            out = PyBytes_AS_STRING(<object>frame)
+            # The body's buffer stays held, so its memory stays put without the GIL.
+            with nogil:
+                rc = _project_rows(&s, picks, n_picks, out + inner_at + 5, &body_size)
+            if rc < 0:
+                _raise_scan_error(&s, opcode, keys)
+        finally:
+            PyBuffer_Release(&view)
+        if body_size > INT32_MAX:
+            raise ValueError(f"frame body too long: {body_size} bytes")
+        if inner_at + body_size > INT32_MAX:
+            raise ValueError(f"frame body too long: {inner_at + body_size} bytes")
+        out[0] = <char>Opcodes.DATA_BATCH
+        ff_put_i32(out + 1, <int32_t>(inner_at + body_size))
+        memcpy(out + 5, header.data, header.len)
+        ff_put_i64(out + number_at, s.batch_number)
+        out[inner_at] = <char>t.opcode
+        ff_put_i32(out + inner_at + 1, <int32_t>body_size)
+        _PyBytes_Resize(&frame, inner_at + 5 + body_size)
+        return <object>frame
+    finally:
+        Py_XDECREF(frame)
+        PyMem_Free(header.data)
+
+
+# -- columns ----------------------------------------------------------------
+
+_COLUMN_DTYPES = ("object", "float64", "int64")
+cdef double _NAN = float("nan")
+
+
+cdef _column_dtype(name, dtype):
+    text = dtype if isinstance(dtype, str) else getattr(dtype, "name", None)
+    if text is None and isinstance(dtype, type):
+        text = {float: "float64", int: "int64", str: "object", object: "object"}.get(dtype)
+    if text not in _COLUMN_DTYPES:
+        raise ValueError(f"dtype of column {name!r} must be float64, int64 or object, "
+                         f"not {dtype!r}")
+    return text
+
+
+cdef inline Py_ssize_t _digits(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """Where the run of ASCII digits starting at ``i`` ends."""
+    while i < n and c'0' <= p[i] <= c'9':
+        i += 1
+    return i
+
+
+cdef bint _is_decimal(const char* p, Py_ssize_t n) noexcept:
+    """Whether all of ``p[0:n]`` matches ``_codec_py._FLOAT_TEXT`` (plain decimal)."""
+    cdef Py_ssize_t i = 0, end
+    if i < n and (p[i] == c'+' or p[i] == c'-'):
+        i += 1
+    end = _digits(p, i, n)
+    if end > i:
+        i = end
+        if i < n and p[i] == c'.':
+            i = _digits(p, i + 1, n)
+    else:
+        if i == n or p[i] != c'.':
+            return False
+        end = _digits(p, i + 1, n)
+        if end == i + 1:
+            return False
+        i = end
+    if i < n and (p[i] == c'e' or p[i] == c'E'):
+        i += 1
+        if i < n and (p[i] == c'+' or p[i] == c'-'):
+            i += 1
+        end = _digits(p, i, n)
+        if end == i:
+            return False
+        i = end
+    return i == n
+
+
+cdef bint _parse_int64(const char* p, Py_ssize_t n, int64_t* out) noexcept:
+    """Parse all of ``p[0:n]`` as ``_codec_py._INT_TEXT`` (``[+-]?[0-9]+``), in int64 range."""
+    cdef Py_ssize_t i = 0
+    cdef bint negative = False
+    cdef uint64_t limit, value = 0, digit
+    if n > 0 and (p[0] == c'+' or p[0] == c'-'):
+        negative = p[0] == c'-'
+        i = 1
+    if i == n:
+        return False
+    limit = <uint64_t>INT64_MAX + negative
+    for i in range(i, n):
+        if not c'0' <= p[i] <= c'9':
+            return False
+        digit = p[i] - c'0'
+        if value > (limit - digit) // 10:
+            return False
+        value = value * 10 + digit
+    out[0] = <int64_t>(0 - value) if negative else <int64_t>value
+    return True
+
+
+cdef _number_column(name, list rows, Py_ssize_t index, kind, np):
+    """A float64 or int64 array of column ``index`` of tuple rows, parsed as ``_codec_py`` does."""
+    cdef Py_buffer view
+    cdef Py_ssize_t r, n
+    cdef const char* p
+    cdef bint ok, is_float = kind == "float64"
+    array = np.empty(len(rows), dtype=kind)
+    PyObject_GetBuffer(array, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+    try:
+        for r in range(len(rows)):
+            value = <object>PyTuple_GET_ITEM(<object>PyList_GET_ITEM(rows, r), index)
+            # A str's characters end with a NUL, as PyOS_string_to_double wants.
+            p = ff_ascii_data(<PyObject*>value, &n)
+            if p == NULL:
+                ok = False
+            elif is_float:
+                ok = n == 0 or _is_decimal(p, n)
+                if ok:
+                    (<double*>view.buf)[r] = (_NAN if n == 0 else
+                                              PyOS_string_to_double(p, NULL, NULL))
+            else:
+                ok = _parse_int64(p, n, <int64_t*>view.buf + r)
+            if not ok:
+                raise ValueError(f"column {name!r}, row {r}: cannot parse {value!r} as {kind}")
+    finally:
+        PyBuffer_Release(&view)
+    return array
+
+
+def decode_columns(frame, columns=None, dtypes=None):
+    """Decode a table frame, or a DataBatch frame embedding one, into numpy columns."""
+    import numpy as np
+
+    opcode, length = read_frame_header(frame, 0, 0x7FFFFFFF)
+    view = memoryview(frame).cast("B")
+    if len(view) != 5 + length:
+        raise ProtocolError(f"frame length {length} does not match the {len(view) - 5} "
+                            f"bytes given", opcode)
+    body = view[5:]
+    projected = opcode == Opcodes.DATA_BATCH
+    if projected:
+        header = decode_databatch_body(body)
+        opcode, body = header[7], body[header[8]:]
+    if opcode not in TABLES_BY_OPCODE:
+        raise ProtocolError(f"decode_columns needs a table batch, got opcode {opcode}", opcode)
+    _, _, keys, rows = decode_table_body(opcode, body, "tuple", None, projected)
+    index = _KEY_INDEX[opcode]
+    names = list(keys) if columns is None else list(columns)
+    kinds = {name: "object" for name in names}
+    for name, dtype in (dtypes or {}).items():
+        if name not in kinds:
+            raise ValueError(f"dtype given for column {name!r}, which is not decoded")
+        kinds[name] = _column_dtype(name, dtype)
+    result = {}
+    for name in names:
+        if name not in keys:
+            raise ValueError(f"column {name!r} is not in the batch; it has {list(keys)}")
+        kind = kinds[name]
+        if kind == "object":
+            array = np.empty(len(rows), dtype=object)
+            array[:] = [row[index[name]] for row in rows]
+        else:
+            array = _number_column(name, rows, index[name], kind, np)
+        result[name] = array
+    return result
