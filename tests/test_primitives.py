@@ -1,11 +1,14 @@
 """Primitives (PROTOCOL.md §1), the Writer, and frame headers (§2, §3)."""
 from __future__ import annotations
 
+import array
+import re
 import struct
 import sys
 
 import pytest
 
+from fastframe.errors import ProtocolError
 from fastframe.schema import DEFAULT_MAX_FRAME
 from wire import BUFFER_TYPES, error, protocol_error
 
@@ -549,3 +552,19 @@ def test_encode_frame(codec, opcode, body, kind):
 def test_encode_frame_invalid_opcode(codec, opcode, exc, message):
     with error(exc, message):
         codec.encode_frame(opcode, b"")
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda raw: memoryview(raw).cast("i"), id="memoryview-i32-items"),
+    pytest.param(lambda raw: array.array("i", raw), id="array-i32-items"),
+])
+def test_a_buffer_is_read_as_its_bytes_whatever_its_item_size(codec, make):
+    # Offsets and lengths count bytes, not items: a view of 4-byte items holding
+    # the frame header bytes [u8 7][i32 3] + padding reads the same as the bytes.
+    raw = bytes([7, 3, 0, 0, 0, 0, 0, 0])
+    buf = make(raw)
+    assert codec.read_i32(buf, 1) == (3, 5)
+    assert codec.read_frame_header(buf, 0) == (7, 3)
+    assert codec.read_u8_list(make(bytes([2, 9, 8, 0])), 0) == ([9, 8], 3)
+    with pytest.raises(ProtocolError, match=re.escape("truncated: need 8 bytes at offset 4, have 4")):
+        codec.read_i64(buf, 4)

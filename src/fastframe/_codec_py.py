@@ -63,6 +63,13 @@ def _truncated(need: int, offset: int, size: int, opcode: Optional[int]) -> Prot
         f"truncated: need {need} bytes at offset {offset}, have {max(size - offset, 0)}", opcode)
 
 
+def _bytes_of(buf: Any) -> Any:
+    """``buf`` as a sequence of its bytes: ``len`` and offsets count bytes, not items."""
+    if type(buf) is bytes or type(buf) is bytearray:
+        return buf
+    return memoryview(buf).cast("B")
+
+
 def _check_offset(offset: int) -> None:
     if offset < 0:
         raise ValueError(f"offset must be >= 0, not {offset}")
@@ -70,6 +77,7 @@ def _check_offset(offset: int) -> None:
 
 def _read_fixed(st: struct.Struct, buf: Any, offset: int, opcode: Optional[int]) -> Tuple[int, int]:
     _check_offset(offset)
+    buf = _bytes_of(buf)
     end = offset + st.size
     if end > len(buf):
         raise _truncated(st.size, offset, len(buf), opcode)
@@ -119,6 +127,7 @@ def _utf8(raw: Any, offset: int, opcode: Optional[int]) -> str:
 
 def read_string(buf: Any, offset: int = 0) -> Tuple[str, int]:
     """``[i32 n][n bytes of UTF-8]`` -> ``(str, next_offset)``."""
+    buf = _bytes_of(buf)
     _check_offset(offset)
     raw, end = _read_string_bytes(buf, offset, len(buf), None)
     return _utf8(raw, offset, None), end
@@ -129,6 +138,7 @@ def read_string_map(buf: Any, offset: int = 0) -> Tuple[Dict[str, str], int]:
 
     A repeated key is an error (a map has one value per key).
     """
+    buf = _bytes_of(buf)
     _check_offset(offset)
     size = len(buf)
     if offset + 4 > size:
@@ -153,6 +163,7 @@ def read_string_map(buf: Any, offset: int = 0) -> Tuple[Dict[str, str], int]:
 
 def read_u8_list(buf: Any, offset: int = 0) -> Tuple[List[int], int]:
     """``[u8 n][n x u8]`` -> ``(list, next_offset)``."""
+    buf = _bytes_of(buf)
     n, pos = read_u8(buf, offset)
     if pos + n > len(buf):
         raise _truncated(n, pos, len(buf), None)
@@ -161,6 +172,7 @@ def read_u8_list(buf: Any, offset: int = 0) -> Tuple[List[int], int]:
 
 def read_u8_dict(buf: Any, offset: int = 0) -> Tuple[Dict[int, int], int]:
     """``[u8 n]([key u8][value u8]) * n`` -> ``(dict, next_offset)``; a repeated key is an error."""
+    buf = _bytes_of(buf)
     n, pos = read_u8(buf, offset)
     if pos + 2 * n > len(buf):
         raise _truncated(2 * n, pos, len(buf), None)
@@ -255,6 +267,7 @@ def read_frame_header(buf: Any, offset: int = 0,
     An unknown opcode, a negative length or one over ``max_length`` is a
     ``ProtocolError``: such a frame cannot be delimited or must not be read.
     """
+    buf = _bytes_of(buf)
     _check_offset(offset)
     if offset + 5 > len(buf):
         raise _truncated(5, offset, len(buf), None)
@@ -270,6 +283,7 @@ def read_frame_header(buf: Any, offset: int = 0,
 
 def encode_frame(opcode: int, body: Any) -> bytes:
     """``[u8 opcode][i32 len(body)][body]``."""
+    body = _bytes_of(body)
     _check_range("opcode", opcode, 0, 0xFF)
     if len(body) > 0x7FFFFFFF:
         raise ValueError(f"frame body too long: {len(body)} bytes")
@@ -445,6 +459,7 @@ def decode_table_body(opcode: int, body: Any, row_type: str = "object",
     them instead, and a key left out reads as ``None`` in objects and tuples.
     ``keys`` are the keys the rows carry.
     """
+    body = _bytes_of(body)
     spec = _table_spec(opcode)
     if row_type not in _ROW_TYPES:
         raise ValueError(f"row_type must be 'object', 'dict' or 'tuple', not {row_type!r}")
@@ -467,6 +482,7 @@ def decode_table_body(opcode: int, body: Any, row_type: str = "object",
 
 def decode_eof_body(body: Any) -> Tuple[int, str]:
     """Decode an EOF body (PROTOCOL.md §5) -> ``(batch_number, table_type)``."""
+    body = _bytes_of(body)
     opcode = Opcodes.EOF
     size = len(body)
     n_rows, batch_number, status = _read_table_header(body, size, opcode)
@@ -495,6 +511,7 @@ def decode_eof_body(body: Any) -> Tuple[int, str]:
 
 def decode_finished_body(body: Any) -> int:
     """Decode a FINISHED body ``[i32 agency_id]`` -> ``agency_id``."""
+    body = _bytes_of(body)
     if len(body) != 4:
         raise ProtocolError(f"FINISHED body must be 4 bytes, got {len(body)}", Opcodes.FINISHED)
     return _unpack_i32(body, 0)[0]
@@ -502,6 +519,7 @@ def decode_finished_body(body: Any) -> int:
 
 def decode_ack_body(opcode: int, body: Any) -> None:
     """Check an ACK body (opcodes 1 and 2): it must be empty."""
+    body = _bytes_of(body)
     name = _ACK_NAMES.get(opcode)
     if name is None:
         raise ValueError(f"not an ACK opcode: {opcode!r}")
@@ -522,6 +540,7 @@ def decode_databatch_body(body: Any):
     ``body[inner_offset:]``, which this function has checked is exactly
     ``length`` bytes long. It does not decode the embedded body.
     """
+    body = _bytes_of(body)
     opcode = Opcodes.DATA_BATCH
     size = len(body)
     try:
@@ -584,6 +603,7 @@ def check_embedded(embedded: Any) -> None:
     Raises ``ValueError`` otherwise: ``[u8 opcode][i32 n][n bytes]``, exactly,
     and not itself a DataBatch.
     """
+    embedded = _bytes_of(embedded)
     size = len(embedded)
     if size < 5 or _unpack_i32(embedded, 1)[0] != size - 5:
         raise ValueError("embedded bytes are not one well-framed message ([u8][i32 n][n bytes])")
@@ -696,6 +716,7 @@ def project_databatch(opcode: int, body: Any, table_ids: Sequence[int],
     and the result is a whole DataBatch frame whose ``batch_number`` is the
     batch's own, embedding the projected table frame.
     """
+    body = _bytes_of(body)
     spec = _table_spec(opcode)
     picks = _column_indexes(spec, spec.kept_columns if columns is None else columns)
     # Header arguments are checked before the body; the batch number is patched in.
