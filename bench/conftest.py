@@ -1,0 +1,39 @@
+"""Fixtures for the pytest-benchmark cases: both codecs, one workload.
+
+``codec`` is the implementation module (``"c"`` or ``"python"``, loaded with
+``fastframe.codec.load``) and is also installed as ``fastframe.codec.impl``
+for the case, as the tests do, so ``FrameReader`` runs on it too. Unlike the
+tests, a Cython codec that is not built yet *skips* its cases (the reason is
+in the ``-ra`` summary): the benchmarks then run on the pure codec alone, and
+the ``c`` cases appear by themselves once ``_codec_c`` imports.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastframe.codec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workload  # noqa: E402  (bench/ is not a package)
+
+IMPLEMENTATIONS = ("c", "python")
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def codec(request, monkeypatch):
+    try:
+        module = fastframe.codec.load(request.param)
+    except ImportError as exc:
+        pytest.skip(f"codec {request.param!r} not importable: {exc}")
+    monkeypatch.setattr(fastframe.codec, "impl", module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def bench_workload() -> workload.Workload:
+    """Generated rows (``fastframe gen``, fixed seed) cut into 1 MiB batches."""
+    return workload.prepare()
