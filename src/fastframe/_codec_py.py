@@ -14,7 +14,7 @@ import re
 import struct
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import ProtocolError
+from .errors import CsvError, ProtocolError
 from .schema import (
     DEFAULT_MAX_FRAME, EOF_KEY, TABLES_BY_NAME, TABLES_BY_OPCODE, BatchStatus, Opcodes,
 )
@@ -857,3 +857,146 @@ def decode_columns(frame: Any, columns: Optional[Sequence[str]] = None,
                              dtype=kind)
         result[name] = array
     return result
+
+
+# -- CSV to frames (the client's encoder) ----------------------------------------
+
+def _csv_record(data: bytes, pos: int, line: int) -> Tuple[List[bytes], int, int]:
+    """One RFC 4180 record at ``pos`` -> ``(raw fields, next pos, lines it spans)``.
+
+    Strict: a quote may only open a field and close it (``""`` inside a quoted
+    field is one quote), a closing quote must be followed by ``,`` or the line
+    end (``\n`` or ``\r\n``), and a quoted field must close before the data
+    ends. Errors name ``line``, where the record starts.
+    """
+    end = data.find(b"\n", pos)
+    if end < 0:
+        end = len(data)
+    raw = data[pos:end]
+    if raw.endswith(b"\r"):  # "\r\n", or "\r" ending the data, ends the line
+        raw = raw[:-1]
+    if b'"' not in raw:  # the common record: no quoting at all
+        return raw.split(b","), end + 1, 1
+    fields: List[bytes] = []
+    size = len(data)
+    spans = 1
+    i = pos
+    while True:
+        if i < size and data[i] == 0x22:  # a quoted field
+            value = bytearray()
+            i += 1
+            while True:
+                close = data.find(b'"', i)
+                if close < 0:
+                    raise CsvError("unterminated quoted field", line)
+                spans += data.count(b"\n", i, close)
+                value += data[i:close]
+                if data[close + 1:close + 2] == b'"':
+                    value += b'"'
+                    i = close + 2
+                    continue
+                i = close + 1
+                break
+            fields.append(bytes(value))
+        else:
+            stop = i
+            while stop < size and data[stop] not in b',"\n':
+                stop += 1
+            if stop < size and data[stop] == 0x22:
+                raise CsvError("quote inside an unquoted field", line)
+            field = data[i:stop]
+            if field.endswith(b"\r") and (stop >= size or data[stop] == 0x0A):
+                field = field[:-1]
+            fields.append(field)
+            i = stop
+        if i >= size:
+            return fields, size + 1, spans
+        if data[i] == 0x2C:  # ","
+            i += 1
+            continue
+        if data[i] == 0x0A:
+            return fields, i + 1, spans
+        if data[i] == 0x0D and data[i + 1:i + 2] in (b"\n", b""):
+            return fields, i + 2, spans
+        raise CsvError("unexpected character after a closing quote", line)
+
+
+def _blank_line(data: bytes, pos: int) -> int:
+    """Length of the empty line at ``pos`` ("\n", "\r\n", or "\r" ending the data), else 0."""
+    head = data[pos:pos + 2]
+    if head[:1] == b"\n":
+        return 1
+    if head == b"\r\n":
+        return 2
+    return 1 if head == b"\r" and pos + 1 == len(data) else 0
+
+
+def encode_csv_batch(opcode: int, data: bytes, offset: int, line: int, picks: Sequence[int],
+                     width: int, batch_number: int, max_rows: int,
+                     max_bytes: int) -> Tuple[bytes, int, int, int]:
+    """Encode CSV records of ``data`` from ``offset`` into one table frame.
+
+    ``data`` holds a CSV file's records (UTF-8, RFC 4180, header line
+    excluded); ``offset`` starts a record on line ``line``. Each record has
+    ``width`` fields and field ``picks[i]`` carries the table's i-th required
+    key. Records are taken while the frame stays within ``max_rows`` rows and
+    ``max_bytes`` bytes; blank lines are skipped. Returns ``(frame,
+    next_offset, rows, next_line)``; the frame's status is EOF when it takes
+    the data to its end, else CONTINUE. A malformed record, a wrong field
+    count, text that is not UTF-8 or one record larger than ``max_bytes``
+    raises ``CsvError`` with the record's line.
+    """
+    spec = _table_spec(opcode)
+    if len(picks) != len(spec.required_keys) or not all(0 <= p < width for p in picks):
+        raise ValueError(f"picks must give a field below {width} for each of "
+                         f"{len(spec.required_keys)} keys")
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, not {max_rows}")
+    data = _bytes_of(data)
+    size = len(data)
+    wire_keys = [_pack_i32(len(k)) + k.encode() for k in spec.required_keys]
+    overhead = 4 + sum(len(k) + 4 for k in wire_keys)
+    n_pairs = _pack_i32(len(wire_keys))
+    empty = 5 + 13
+    total = empty
+    parts = [b"", b""]
+    rows = 0
+    pos = offset
+    while pos < size and rows < max_rows:
+        blank = _blank_line(data, pos)
+        if blank:
+            pos += blank
+            line += 1
+            continue
+        fields, next_pos, spans = _csv_record(data, pos, line)
+        if len(fields) != width:
+            raise CsvError(f"expected {width} fields, got {len(fields)}", line)
+        values = [fields[p] for p in picks]
+        row_size = overhead + sum(map(len, values))
+        if empty + row_size > max_bytes:
+            raise CsvError(f"row of {row_size} bytes does not fit a {max_bytes}-byte batch",
+                           line)
+        if total + row_size > max_bytes:
+            break
+        for value in values:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CsvError("not UTF-8", line) from None
+        parts.append(n_pairs)
+        for key, value in zip(wire_keys, values):
+            parts += (key, _pack_i32(len(value)), value)
+        total += row_size
+        rows += 1
+        pos, line = next_pos, line + spans
+    # Trailing blank lines belong to this batch: the data may end with it.
+    blank = _blank_line(data, pos)
+    while blank:
+        pos += blank
+        line += 1
+        blank = _blank_line(data, pos)
+    pos = min(pos, size)
+    status = BatchStatus.EOF if pos >= size else BatchStatus.CONTINUE
+    parts[0] = _FRAME_HEADER.pack(opcode, total - 5)
+    parts[1] = _TABLE_HEADER.pack(rows, batch_number, status)
+    return b"".join(parts), pos, rows, line

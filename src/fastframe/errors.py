@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["ProtocolError"]
+__all__ = ["ProtocolError", "CsvError"]
 
 
 class ProtocolError(Exception):
@@ -25,3 +25,15 @@ class ProtocolError(Exception):
 
     def __reduce__(self):  # keep ``opcode`` across pickling (multiprocessing, logging)
         return (type(self), (self.message, self.opcode))
+
+
+class CsvError(ValueError):
+    """A CSV record the client cannot send; ``line`` is where the record starts."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.line))
