@@ -128,9 +128,11 @@ class SinkWriter:
     def _commit(self, tickets: List[_Ticket]) -> None:
         # A group is stored whole or not at all: a sink that fails part-way
         # rolls back to its last flush, so none of the group may be ACKed.
+        flushing = False
         try:
             for t in tickets:
                 self._sink.write(t.frame, t.query_ids)
+            flushing = True
             self._sink.flush()
         except Exception as exc:
             # SinkError is the contract; anything else is a bug in the sink, and
@@ -138,6 +140,14 @@ class SinkWriter:
             log.error("action: sink_write | result: fail | batches: %d | error: %s",
                       len(tickets), exc, exc_info=not isinstance(exc, SinkError))
             ok = False
+            if not flushing:
+                # A sink may report a failed write again at the next flush
+                # (RabbitMQSink does): flush now, so that report ends with this
+                # group instead of failing the next one, which is stored.
+                try:
+                    self._sink.flush()
+                except Exception:
+                    pass
         else:
             ok = True
             self.frames_written += len(tickets)

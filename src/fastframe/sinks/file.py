@@ -47,7 +47,14 @@ def _scan(data, size: int) -> Iterator[Tuple[int, int]]:
         try:
             opcode, length = codec.impl.read_frame_header(data, offset, _MAX_STORED_FRAME)
         except ProtocolError as exc:
-            raise ProtocolError(f"not a frame at offset {offset}: {exc}", exc.opcode) from None
+            error = ProtocolError(f"not a frame at offset {offset}: {exc}", exc.opcode)
+        else:
+            error = None
+        if error is not None:
+            # Raised here, not in the except block: a chained exception would keep
+            # the codec's frames alive, and with them views of ``data``, an mmap
+            # that the caller must then close (BufferError).
+            raise error
         end = offset + FRAME_HEADER_SIZE + length
         if end > size:
             raise TornFrameError(f"torn frame at offset {offset}: {size - offset} of "
