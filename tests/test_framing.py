@@ -7,6 +7,7 @@ reserving room for it, and tell a clean close from a close inside a frame.
 from __future__ import annotations
 
 import random
+import re
 import socket
 import struct
 import threading
@@ -637,3 +638,18 @@ def test_reader_any_chunking_gives_recv_msg_messages(codec, expected, sizes, buf
     while (msg := reader.read_message()) is not None:
         messages.append(msg)
     assert messages == expected
+
+
+@pytest.mark.parametrize("data, message", [
+    pytest.param(b"", "no bytes for 0.2s", id="idle"),
+    pytest.param(b"\x04\x10\x00", "frame not complete within 0.2s (3 bytes pending)",
+                 id="frame-deadline"),
+])
+def test_reader_timeouts_say_which_one_fired(codec, data, message):
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(data)
+        reader = FrameReader(b, idle_timeout=0.2 if not data else 5.0,
+                             frame_timeout=0.2 if data else None)
+        with pytest.raises(socket.timeout, match=re.escape(message)):
+            reader.read_frame()

@@ -29,6 +29,8 @@ from .schema import (
 
 __all__ = ["Client", "ClientError", "Cancelled", "SendSummary", "CSV_COLUMNS", "read_table_csv"]
 
+_MAX_BACKOFF = 5.0  # seconds; retries back off exponentially up to this
+
 # CSV header name -> wire key, where they differ (§9); other headers map to themselves.
 CSV_COLUMNS: Dict[str, Dict[str, str]] = {
     "menu_items": {"item_id": "product_id", "item_name": "name"},
@@ -195,6 +197,7 @@ class Client:
         self._sock: Optional[socket.socket] = None
         self._in_flight: Deque[_Batch] = collections.deque()
         self._cancel_signal: Optional[int] = None
+        self._lost_in_a_row = 0
         self.summary = SendSummary()
 
     def cancel(self, signum: int) -> None:
@@ -213,7 +216,7 @@ class Client:
                     raise ClientError(f"cannot connect to {self.address[0]}:{self.address[1]} "
                                       f"after {attempt} attempts: {exc}") from exc
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, _MAX_BACKOFF)
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock = sock
@@ -228,8 +231,9 @@ class Client:
         """Open a new connection and send every unACKed batch again, in order."""
         while True:
             self.summary.reconnects += 1
-            if self.summary.reconnects > self.connect_attempts:
-                raise ClientError(f"connection lost {self.summary.reconnects} times; "
+            self._lost_in_a_row += 1  # reset by every ACK: the budget is per outage
+            if self._lost_in_a_row > self.connect_attempts:
+                raise ClientError(f"connection lost {self._lost_in_a_row} times in a row; "
                                   f"last: {cause}")
             self._close()
             self._connect()
@@ -274,6 +278,7 @@ class Client:
             except ProtocolError as exc:
                 raise ClientError(f"unexpected answer from the orchestrator: {exc}") from exc
         batch = self._in_flight.popleft()
+        self._lost_in_a_row = 0
         if opcode == Opcodes.BATCH_RECV_SUCCESS:
             name = batch.table.name
             self.summary.rows[name] = self.summary.rows.get(name, 0) + batch.rows
@@ -287,7 +292,7 @@ class Client:
             where = f", file {batch.path}" if batch.path else ""
             raise ClientError(f"table {batch.table.name}{where}, batch {batch.number}: "
                               f"rejected by the orchestrator {batch.attempts} times")
-        time.sleep(self.backoff * 2 ** (batch.attempts - 1))
+        time.sleep(min(self.backoff * 2 ** (batch.attempts - 1), _MAX_BACKOFF))
         batch.attempts += 1
         self.summary.retries += 1
         self._submit(batch)
@@ -373,7 +378,7 @@ class Client:
             if attempt > self.max_retries:
                 break
             self.summary.retries += 1
-            time.sleep(self.backoff * 2 ** (attempt - 1))
+            time.sleep(min(self.backoff * 2 ** (attempt - 1), _MAX_BACKOFF))
             self._close()
             self._connect()
         raise ClientError(f"FINISHED of agency {self.agency_id}: rejected by the orchestrator "

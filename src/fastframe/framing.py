@@ -117,7 +117,15 @@ class FrameReader:
                 if deadline is None and buf.end > buf.start and self._frame_timeout is not None:
                     deadline = time.monotonic() + self._frame_timeout
                 self._set_timeout(deadline)
-            received = self._sock.recv_into(buf.view[buf.end:])
+            try:
+                received = self._sock.recv_into(buf.view[buf.end:])
+            except socket.timeout:
+                if not timed:
+                    raise  # the caller's own socket timeout
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise socket.timeout(f"frame not complete within {self._frame_timeout}s "
+                                         f"({buf.end - buf.start} bytes pending)") from None
+                raise socket.timeout(f"no bytes for {self._idle_timeout}s") from None
             if received == 0:
                 if buf.end == buf.start:
                     return None

@@ -315,7 +315,7 @@ class Orchestrator:
             log.warning("action: receive | result: fail | conn: %d | error: %s", conn_id, exc)
         except socket.timeout as exc:
             log.warning("action: receive | result: fail | conn: %d | error: timeout: %s",
-                        conn_id, exc or f"idle for {self.idle_timeout}s")
+                        conn_id, exc)
         except OSError as exc:
             log.warning("action: receive | result: fail | conn: %d | error: %s", conn_id, exc)
         finally:
