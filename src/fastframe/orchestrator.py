@@ -190,13 +190,19 @@ class Orchestrator:
     (see ``address``). ``idle_timeout`` closes a connection that sends nothing
     for that many seconds, ``frame_timeout`` one that takes longer than that
     to deliver a frame it has started (a peer trickling bytes).
+    ``max_in_flight`` batches at most are being projected or stored at once
+    (a group commit holds up to that many); other connections wait with
+    their frame read.
     """
 
     def __init__(self, sink: Sink, host: str = "127.0.0.1", port: int = 12345, *,
                  max_frame: int = DEFAULT_MAX_FRAME, compat: bool = False,
                  idle_timeout: Optional[float] = 60.0, frame_timeout: Optional[float] = 30.0,
-                 backlog: int = 128) -> None:
+                 max_in_flight: int = 8, backlog: int = 128) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, not {max_in_flight}")
         self.headers = HeaderPolicy(compat)
+        self._slots = threading.BoundedSemaphore(max_in_flight)
         self.max_frame = max_frame
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
@@ -330,15 +336,19 @@ class Orchestrator:
     def _handle(self, conn_id: int, sock: socket.socket, opcode: int, body: memoryview,
                 stats: ConnectionStats) -> bool:
         """Process one frame; ``False`` when the connection is done (FINISHED)."""
-        try:
-            frame, query_ids, what = self._wrap(opcode, body)
-        except ProtocolError as exc:
-            log.warning("action: validate | result: fail | conn: %d | opcode: %d | error: %s",
-                        conn_id, opcode, exc)
-            stats.failed += 1
-            sock.sendall(_FAIL)
-            return True
-        stored = self._writer.store(frame, query_ids)
+        # The slot bounds how many projected batches exist at once, whatever
+        # the number of connections: memory stays flat as agencies are added.
+        with self._slots:
+            try:
+                frame, query_ids, what = self._wrap(opcode, body)
+            except ProtocolError as exc:
+                log.warning("action: validate | result: fail | conn: %d | opcode: %d | "
+                            "error: %s", conn_id, opcode, exc)
+                stats.failed += 1
+                sock.sendall(_FAIL)
+                return True
+            stored = self._writer.store(frame, query_ids)
+            del frame
         if opcode == Opcodes.FINISHED:
             log.info("action: finished | result: %s | conn: %d | %s",
                      "success" if stored else "fail", conn_id, what)
