@@ -6,7 +6,7 @@ Used by the fuzz target (``fuzz/fuzz_codec.py`` loads this file by path) and by
 An input is ``[u8 ctl][payload]``. ``payload`` is read as one frame (its body
 goes to the body decoders of its opcode byte, modulo 10 so that any byte picks
 some decoder) and as a stream of frames (``FrameDecoder``, ``FrameReader``,
-``recv_msg``). ``ctl`` picks the variable arguments: bits 0-1 the
+``recv_msg``, ``read_from``). ``ctl`` picks the variable arguments: bits 0-1 the
 ``decode_columns`` dtypes (none, all float64, all int64, random), and seeds a
 ``random.Random`` for the rest (buffer type, columns, DataBatch header values,
 chunk sizes, ``max_frame``, reader buffer size).
@@ -17,8 +17,11 @@ and the only exception decoding bytes may raise is ``ProtocolError`` (plus
 ``ValueError`` from ``decode_columns``, which documents it for unparsable
 numbers, and ``EOFError`` for a stream closed mid-frame). On top of parity,
 per implementation: a stream gives the same messages and errors however it is
-cut and whichever reader reads it ("stream-consistency"), and a decoded frame
-re-encodes to a frame that decodes to the same message ("round-trip").
+cut and whichever reader reads it ("stream-consistency"), a decoded frame
+re-encodes to a frame that decodes to the same message ("round-trip"), and
+``decode_frame`` gives for a bytearray or memoryview (of bytes or of wider
+items) what it gives for the same bytes ("buffer-type"; the codec functions
+are held to that by parity, the Cython codec reading every buffer as bytes).
 Any violation raises ``Finding``.
 """
 from __future__ import annotations
@@ -34,7 +37,7 @@ from fastframe.errors import ProtocolError
 from fastframe.schema import DEFAULT_MAX_FRAME, TABLES_BY_OPCODE
 
 IMPLEMENTATIONS = ("c", "python")
-CHECKS = ("parity", "exceptions", "stream-consistency", "round-trip")
+CHECKS = ("parity", "exceptions", "stream-consistency", "round-trip", "buffer-type")
 ROW_TYPES = ("object", "dict", "tuple")
 _DTYPE_MODES = (None, "float64", "int64", "random")
 
@@ -104,9 +107,8 @@ class Plan:
 
     def __init__(self, ctl: int, payload: bytes) -> None:
         rng = random.Random(ctl)
-        self.ctl = ctl
-        self.payload = payload
-        self.buffer_kind = rng.choice(["bytes", "bytearray", "memoryview", "offset-memoryview"])
+        self.buffer_kind = rng.choice(["bytes", "bytearray", "memoryview", "offset-memoryview",
+                                       "wide-memoryview"])
         self.offset = rng.choice([0, 0, 1, 4, 5, rng.randint(0, 16)])
         self.small_max = rng.choice([0, 5, 64, len(payload), max(len(payload) - 6, 0)])
         self.dtype_mode = _DTYPE_MODES[ctl & 3]
@@ -132,6 +134,8 @@ class Plan:
             return memoryview(data)
         if self.buffer_kind == "offset-memoryview":
             return memoryview(b"\xa5" * 3 + data)[3:]
+        if self.buffer_kind == "wide-memoryview" and len(data) % 2 == 0:
+            return memoryview(data).cast("H")  # items of 2 bytes: lengths count bytes all the same
         return data
 
     def columns(self, opcode: int, salt: int) -> Optional[Tuple[str, ...]]:
@@ -178,7 +182,7 @@ def split_input(data: bytes) -> Tuple[int, bytes]:
 def first_frame(payload: bytes) -> Tuple[Optional[int], bytes]:
     """The first frame's body as its length field delimits it, or all the rest when it cannot."""
     if len(payload) < 5:
-        return None, payload[5:]
+        return None, b""
     opcode, length = struct.unpack_from("<Bi", payload)
     if 0 <= length <= len(payload) - 5:
         return opcode, payload[5:5 + length]
@@ -256,11 +260,11 @@ class FakeSocket:
 def decoder_events(pieces: Sequence[bytes], max_frame: int, row_type: str) -> Events:
     """What ``FrameDecoder.feed`` gives for ``pieces``: messages and errors, in order.
 
-    After an error the decoder is fed ``b""`` before the next piece, and at
-    the end until a call returns nothing: the messages completed before an
-    error come from the call after it. The same error again from a
-    ``feed(b"")`` that consumed nothing is a header that cannot be
-    delimited: the stream is dead there.
+    After an error, and at the end, the decoder is fed ``b""`` until a call
+    returns nothing before the next piece: the messages completed before an
+    error come from the call after it, and decoding resumes on the call after
+    that. The same error again from a ``feed(b"")`` that consumed nothing is a
+    header that cannot be delimited: the stream is dead there.
     """
     decoder = framing.FrameDecoder(max_frame=max_frame, row_type=row_type)
     events = Events()
@@ -280,7 +284,9 @@ def decoder_events(pieces: Sequence[bytes], max_frame: int, row_type: str) -> Ev
             queue.insert(0, b"")
             continue
         events.extend(normalize(m) for m in got)
-        if not (queue or data or got):
+        if got and not data:
+            queue.insert(0, b"")  # what was ready after an error: decoding resumes next call
+        elif not (queue or data or got):
             return Events(events + [("end", decoder.pending)])
 
 
@@ -315,12 +321,12 @@ def recv_msg_events(pieces: Sequence[bytes], max_frame: int, row_type: str) -> E
             return Events(events + [error_event(exc)])
 
 
-def read_from_events(pieces: Sequence[bytes], max_frame: int, factory: bool) -> Events:
+def read_from_events(pieces: Sequence[bytes], factory: bool) -> Events:
     """The original orchestrator's loop: read ``[u8 opcode][i32 length]``, then ``cls().read_from``.
 
-    Lengths over ``max_frame`` are not passed on (``read_from`` has no limit of
-    its own: see test_limits.py); table classes get ``row_factory=dict`` when
-    ``factory`` is set.
+    ``read_from`` checks the length itself (negative, or over the default
+    ``max_frame``); after such an error the stream cannot be resynchronised.
+    Table classes get ``row_factory=dict`` when ``factory`` is set.
     """
     sock = FakeSocket(pieces)
     events = Events()
@@ -330,14 +336,14 @@ def read_from_events(pieces: Sequence[bytes], max_frame: int, factory: bool) -> 
         except EOFError as exc:
             return Events(events + [error_event(exc)])
         cls = messages._TABLE_CLASSES.get(opcode) or messages._SIMPLE_CLASSES.get(opcode)
-        if cls is None or length > max_frame:
+        if cls is None:
             return Events(events + [("stop", opcode, length)])
         msg = cls(row_factory=dict) if factory and opcode in messages._TABLE_CLASSES else cls()
         try:
             msg.read_from(sock, length)
         except (ProtocolError, EOFError) as exc:
             events.append(error_event(exc))
-            if length < 0 or isinstance(exc, EOFError):
+            if isinstance(exc, EOFError) or not 0 <= length <= DEFAULT_MAX_FRAME:
                 return events
             continue
         events.append(normalize(msg))
@@ -377,8 +383,10 @@ def check(data: bytes, codecs: Dict[str, Any], skip: Iterable[str] = ()) -> None
         got = results.compare(f"decode_frame[{row_type}]",
                               lambda c, rt=row_type: messages.decode_frame(buf, row_type=rt),
                               messages_api=True)
-        if row_type == "object":
-            results.round_trip(got)
+        if row_type == "object" and plan.buffer_kind != "bytes":
+            results.buffer_type(f"decode_frame({plan.buffer_kind})", got,
+                                lambda: messages.decode_frame(payload))
+    results.round_trip()
     if all(hasattr(c, "decode_columns") for c in codecs.values()):
         dtypes = plan.dtypes(_reference(), payload)
         columns = None
@@ -405,7 +413,7 @@ def check(data: bytes, codecs: Dict[str, Any], skip: Iterable[str] = ()) -> None
                     lambda c: recv_msg_events(pieces, plan.max_frame, plan.row_type),
                     messages_api=True)
     results.compare(f"read_from[chunks<={plan.max_chunk},row_factory={plan.row_factory}]",
-                    lambda c: read_from_events(pieces, plan.max_frame, plan.row_factory),
+                    lambda c: read_from_events(pieces, plan.row_factory),
                     messages_api=True)
     if "stream-consistency" not in skip:
         for codec_name, runs in per_codec.items():
@@ -458,16 +466,29 @@ class _Results:
                           f"  input: {self.data.hex()}")
         return {n: r[1] if r[0] == "ok" else r for n, r in got.items()}
 
-    def round_trip(self, decoded: Dict[str, Any]) -> None:
-        """A message ``decode_frame`` returned re-encodes to a frame that decodes to it again."""
+    def buffer_type(self, name: str, decoded: Dict[str, Any], call: Callable[[], Any]) -> None:
+        """The same bytes in another buffer type (``decoded``) decode as they do from ``bytes``."""
+        if "buffer-type" in self.skip:
+            return
+        for codec_name, module in self.codecs.items():
+            with using(module):
+                expected = outcome(call)
+            got = decoded[codec_name]
+            if (("ok", got) if got[:1] != ("raise",) else got) != expected:
+                raise Finding(f"buffer-type on {codec_name}: {name} gives {_short(got)}, but "
+                              f"{_short(expected)} from bytes\n  input: {self.data.hex()}")
+
+    def round_trip(self) -> None:
+        """A message ``decode_frame`` returns re-encodes to a frame that decodes to it again."""
         if "round-trip" in self.skip:
             return
         for codec_name, module in self.codecs.items():
             with using(module):
                 try:
                     msg = messages.decode_frame(self.data[1:])
-                except Exception:  # noqa: BLE001 - compared above; nothing to round-trip
+                except Exception:  # noqa: BLE001 - compared already; nothing to round-trip
                     continue
+                decoded = ("ok", normalize(msg))
                 again = outcome(lambda: messages.decode_frame(msg.to_bytes()))
                 rebuilt = again
                 if isinstance(msg, messages.DataBatch):
@@ -477,10 +498,9 @@ class _Results:
                         reserved_u16=msg.reserved_u16, batch_bytes=msg.batch_bytes,
                         batch_number=msg.batch_number))
             for how, got in (("decode_frame(to_bytes())", again), ("DataBatch(...)", rebuilt)):
-                if got != ("ok", decoded[codec_name]):
+                if got != decoded:
                     raise Finding(f"round-trip on {codec_name}: {how} gives {_short(got)}, "
-                                  f"not {_short(decoded[codec_name])}\n"
-                                  f"  input: {self.data.hex()}")
+                                  f"not {_short(decoded)}\n  input: {self.data.hex()}")
 
 
 def _short(value: Any, limit: int = 600) -> str:

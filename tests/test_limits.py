@@ -80,8 +80,8 @@ class FakeSocket:
 
 
 # -- the hostile inputs ----------------------------------------------------------------------------
-# (id, call(codec), expected message or None for any, expected opcode). Calls build
-# their input before the traced region starts (the lambdas only close over ready bytes).
+# (id, call(codec), expected message, expected opcode). Calls build their input
+# before the traced region starts (the lambdas only close over ready bytes).
 
 ROW_KEY_BIG = table_header() + i32(4) + i32(BIG) + b"user_id"
 ROW_VALUE_BIG = table_header() + i32(4) + string(b"user_id") + i32(BIG) + b"x"
@@ -162,10 +162,10 @@ HOSTILE = [
      f"frame length 2147483647 exceeds the limit of {DEFAULT_MAX_FRAME} bytes", 4),
     # read_from(sock, length): the original orchestrator's API, where the caller read the
     # header. It has no max_frame argument, so it must apply the default limit itself.
-    # (64 MiB rather than 2 GiB: while it allocates, each case costs a zeroed buffer of it.)
-    ("read_from-64MiB-table", lambda c: NewUsers().read_from(FakeSocket(b""), 64 << 20), None, 8),
-    ("read_from-64MiB-databatch", lambda c: DataBatch().read_from(FakeSocket(b""), 64 << 20),
-     None, 0),
+    ("read_from-2GiB-table", lambda c: NewUsers().read_from(FakeSocket(b""), BIG),
+     f"frame length 2147483647 exceeds the limit of {DEFAULT_MAX_FRAME} bytes", 8),
+    ("read_from-2GiB-databatch", lambda c: DataBatch().read_from(FakeSocket(b""), BIG),
+     f"frame length 2147483647 exceeds the limit of {DEFAULT_MAX_FRAME} bytes", 0),
     ("header-2GiB-FrameReader",
      lambda c: FrameReader(FakeSocket(struct.pack("<Bi", 6, BIG)), buffer_size=16).read_frame(),
      f"frame length 2147483647 exceeds the limit of {DEFAULT_MAX_FRAME} bytes", 6),
@@ -194,11 +194,6 @@ def test_hostile_length_refused_before_allocating(codec, request, call, message,
     _needs(codec, request.node.callspec.id)
 
     def refuse():
-        if message is None:
-            with pytest.raises(ProtocolError) as info:
-                call(codec)
-            assert info.value.opcode == opcode
-            return
         with protocol_error(message, opcode):
             call(codec)
 
@@ -231,7 +226,7 @@ for name, call, message, opcode in cases:
         call(codec)
         failed.append((name, "not refused"))
     except test_limits.ProtocolError as exc:
-        if message not in (None, exc.message) or exc.opcode != opcode:
+        if (exc.message, exc.opcode) != (message, opcode):
             failed.append((name, repr(exc)))
     except BaseException as exc:
         failed.append((name, repr(exc)))
@@ -360,7 +355,9 @@ def test_many_small_decodes_keep_memory_flat(codec):
 
 def test_key_references_are_not_leaked(codec):
     """The key strings rows share: held while results live, released when they are dropped."""
-    keys = [k for spec in TABLES for k in spec.required_keys]
+    # "name" and "state" are the interpreter's own static strings (refcount ~10**9, touched by
+    # any code that runs): not a signal. The codecs treat every key alike; the rest will do.
+    keys = [k for spec in TABLES for k in spec.required_keys if sys.getrefcount(k) < 10**8]
     cases = _leak_probe_inputs(codec)
     for case in cases:
         _decode_quietly(codec, case)

@@ -164,6 +164,12 @@ cdef extern from *:
         return (unsigned int)(((key ^ (uint64_t)n) * 0x9E3779B97F4A7C15ULL) >> (64 - bits));
     }
 
+    #if defined(__GNUC__) || defined(__clang__)
+    #  define ff_prefetch(p) __builtin_prefetch(p)
+    #else
+    #  define ff_prefetch(p) ((void)(p))
+    #endif
+
     /* The characters of an ASCII str, which are its UTF-8 bytes; NULL for any other str. */
     static inline const char *ff_ascii_data(PyObject *s, Py_ssize_t *n) {
     #if PY_VERSION_HEX < 0x030C0000
@@ -193,6 +199,7 @@ cdef extern from *:
     unsigned int ff_slot(uint64_t key, Py_ssize_t n, int bits) noexcept nogil
     const char* ff_ascii_data(PyObject* s, Py_ssize_t* n) noexcept
     object ff_alloc_row(object cls, Py_ssize_t n)
+    void ff_prefetch(const void* p) noexcept nogil
 
 cdef extern from "Python.h":
     bint PyDict_Check(object o)
@@ -240,7 +247,9 @@ _wire_keys = []     # owns the bytes the tables point into
 cdef void _init_tables() except *:
     cdef Table* t
     for op, spec in TABLES_BY_OPCODE.items():
-        if not 0 <= op < N_OPCODES or len(spec.required_keys) > MAX_KEYS:
+        # Rows are built in place (ff_alloc_row), which only a tuple subclass allows.
+        if (not 0 <= op < N_OPCODES or len(spec.required_keys) > MAX_KEYS
+                or not issubclass(spec.row_class, tuple)):
             raise ImportError(f"table {spec.name} does not fit the Cython codec's tables")
         t = &_tables[<int>op]
         t.opcode = op
@@ -336,6 +345,15 @@ cdef Py_ssize_t _offset(object offset) except -1:
     return PyNumber_AsSsize_t(offset, NULL)
 
 
+cdef int _get_bytes(object obj, Py_buffer* view) except -1:
+    """Hold the bytes of a buffer as ``_codec_py._bytes_of`` sees them, failing as it fails."""
+    try:
+        PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+    except Exception:
+        PyObject_GetBuffer(memoryview(obj).cast("B"), view, PyBUF_SIMPLE)
+    return 0
+
+
 cdef inline int _need(const Py_buffer* view, Py_ssize_t off, Py_ssize_t width,
                       object offset) except -1:
     if view.len - off < width:
@@ -405,7 +423,7 @@ def read_u8(buf, offset=0):
     """``[u8]`` at ``offset`` -> ``(value, offset + 1)``."""
     cdef Py_buffer view
     cdef Py_ssize_t off = _offset(offset)
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    _get_bytes(buf, &view)
     try:
         _need(&view, off, 1, offset)
         return (<const uint8_t*>view.buf)[off], off + 1
@@ -417,7 +435,7 @@ def read_u16(buf, offset=0):
     """``[u16 LE]`` at ``offset`` -> ``(value, offset + 2)``."""
     cdef Py_buffer view
     cdef Py_ssize_t off = _offset(offset)
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    _get_bytes(buf, &view)
     try:
         _need(&view, off, 2, offset)
         return ff_get_u16(<const char*>view.buf + off), off + 2
@@ -429,7 +447,7 @@ def read_i32(buf, offset=0):
     """``[i32 LE]`` at ``offset`` -> ``(value, offset + 4)``."""
     cdef Py_buffer view
     cdef Py_ssize_t off = _offset(offset)
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    _get_bytes(buf, &view)
     try:
         _need(&view, off, 4, offset)
         return ff_get_i32(<const char*>view.buf + off), off + 4
@@ -441,7 +459,7 @@ def read_i64(buf, offset=0):
     """``[i64 LE]`` at ``offset`` -> ``(value, offset + 8)``."""
     cdef Py_buffer view
     cdef Py_ssize_t off = _offset(offset)
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    _get_bytes(buf, &view)
     try:
         _need(&view, off, 8, offset)
         return ff_get_i64(<const char*>view.buf + off), off + 8
@@ -452,9 +470,10 @@ def read_i64(buf, offset=0):
 def read_string(buf, offset=0):
     """``[i32 n][n bytes of UTF-8]`` -> ``(str, next_offset)``."""
     cdef Py_buffer view
-    cdef Py_ssize_t off = _offset(offset), end
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    cdef Py_ssize_t off, end
+    _get_bytes(buf, &view)
     try:
+        off = _offset(offset)
         value = _str_at(<const char*>view.buf, view.len, off, offset, None, &end)
         return value, end
     finally:
@@ -467,12 +486,13 @@ def read_string_map(buf, offset=0):
     A repeated key is an error (a map has one value per key).
     """
     cdef Py_buffer view
-    cdef Py_ssize_t off = _offset(offset), pos
+    cdef Py_ssize_t off, pos
     cdef const char* data
     cdef int32_t n
     cdef dict result = {}
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    _get_bytes(buf, &view)
     try:
+        off = _offset(offset)
         data = <const char*>view.buf
         if view.len - off < 4:
             raise _truncated(4, offset, view.len - off, None)
@@ -494,9 +514,10 @@ def read_string_map(buf, offset=0):
 def read_u8_list(buf, offset=0):
     """``[u8 n][n x u8]`` -> ``(list, next_offset)``."""
     cdef Py_buffer view
-    cdef Py_ssize_t off = _offset(offset), end
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    cdef Py_ssize_t off, end
+    _get_bytes(buf, &view)
     try:
+        off = _offset(offset)
         value = _u8_list_at(<const char*>view.buf, view.len, off, offset, None, &end)
         return value, end
     finally:
@@ -506,9 +527,10 @@ def read_u8_list(buf, offset=0):
 def read_u8_dict(buf, offset=0):
     """``[u8 n]([key u8][value u8]) * n`` -> ``(dict, next_offset)``; a repeated key is an error."""
     cdef Py_buffer view
-    cdef Py_ssize_t off = _offset(offset), end
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    cdef Py_ssize_t off, end
+    _get_bytes(buf, &view)
     try:
+        off = _offset(offset)
         value = _u8_dict_at(<const char*>view.buf, view.len, off, offset, None, &end)
         return value, end
     finally:
@@ -729,11 +751,12 @@ def read_frame_header(buf, offset=0, max_length=DEFAULT_MAX_FRAME):
     ``ProtocolError``: such a frame cannot be delimited or must not be read.
     """
     cdef Py_buffer view
-    cdef Py_ssize_t off = _offset(offset)
+    cdef Py_ssize_t off
     cdef int opcode
     cdef int32_t length
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    _get_bytes(buf, &view)
     try:
+        off = _offset(offset)
         _need(&view, off, 5, offset)
         opcode = (<const uint8_t*>view.buf)[off]
         length = ff_get_i32(<const char*>view.buf + off + 1)
@@ -752,16 +775,14 @@ def read_frame_header(buf, offset=0, max_length=DEFAULT_MAX_FRAME):
 def encode_frame(opcode, body):
     """``[u8 opcode][i32 len(body)][body]``."""
     cdef Py_buffer view
-    cdef int op = <int>_check_range("opcode", opcode, 0, 0xFF)
+    cdef int op
     cdef bytes frame
     cdef char* out
-    if len(body) > INT32_MAX:
-        raise ValueError(f"frame body too long: {len(body)} bytes")
+    _get_bytes(body, &view)
     try:
-        PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
-    except Exception:
-        PyObject_GetBuffer(bytes(body), &view, PyBUF_SIMPLE)   # what bytes(body) accepts
-    try:
+        op = <int>_check_range("opcode", opcode, 0, 0xFF)
+        if view.len > INT32_MAX:
+            raise ValueError(f"frame body too long: {view.len} bytes")
         frame = PyBytes_FromStringAndSize(NULL, 5 + view.len)
         out = PyBytes_AS_STRING(frame)
         out[0] = <char>op
@@ -950,7 +971,7 @@ cdef int _scan_row(Scan* s, Row* row, Py_ssize_t r) noexcept nogil:
         bit = 1u << k
         if seen & bit:
             return _fail(s, E_DUPLICATE_KEY, k, 0)
-        if not s.present & bit and s.expected >= 0:
+        if s.expected >= 0 and not s.present & bit:
             return _fail(s, E_NOT_IN_COLUMNS, k, 0)
         seen |= bit
         row.pair[k] = at
@@ -1060,10 +1081,19 @@ cdef enum RowType:
 
 def decode_table_body(opcode, body, row_type="object", columns=None, projected=False):
     """Decode a table body (PROTOCOL.md §4) -> ``(batch_number, status, keys, rows)``."""
+    cdef Py_buffer view
+    _get_bytes(body, &view)
+    try:
+        return _decode_table(opcode, <const char*>view.buf, view.len, row_type, columns, projected)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef tuple _decode_table(opcode, const char* data, Py_ssize_t size, row_type, columns,
+                         projected):
     cdef int picks[MAX_KEYS]
     cdef int n_picks = 0, n_keys, j, k
     cdef RowType kind
-    cdef Py_buffer view
     cdef Scan s
     cdef Row row
     cdef StrCache cache
@@ -1080,49 +1110,44 @@ def decode_table_body(opcode, body, row_type="object", columns=None, projected=F
     cls = spec.row_class
     template = None
     n_keys = len(keys)
-    PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
-    try:
-        if _scan_start(&s, &_tables[<int>spec.opcode], <const char*>view.buf, view.len,
-                       is_projection) < 0:
+    if _scan_start(&s, &_tables[<int>spec.opcode], data, size, is_projection) < 0:
+        _raise_scan_error(&s, opcode, keys)
+    memset(cache.length, 0, sizeof(cache.length))
+    rows = PyList_New(s.n_rows)
+    for r in range(s.n_rows):
+        if _scan_row(&s, &row, r) < 0:
             _raise_scan_error(&s, opcode, keys)
-        memset(cache.length, 0, sizeof(cache.length))
-        rows = PyList_New(s.n_rows)
-        for r in range(s.n_rows):
-            if _scan_row(&s, &row, r) < 0:
-                _raise_scan_error(&s, opcode, keys)
-            if kind == ROWS_DICT:
-                # Copying a dict of the batch's keys is quicker than inserting
-                # each key; the keys are the table's own str objects.
-                if template is None:
-                    template = {keys[s.present_order[j]]: None for j in range(s.n_present)}
-                item = PyDict_Copy(template)
-                for j in range(s.n_present):
-                    k = s.present_order[j]
-                    PyDict_SetItem(item, <object>PyTuple_GET_ITEM(keys, k),
-                                   _row_str(&s, &row, k, &cache))
+        if kind == ROWS_DICT:
+            # Copying a dict of the batch's keys is quicker than inserting
+            # each key; the keys are the table's own str objects.
+            if template is None:
+                template = {keys[s.present_order[j]]: None for j in range(s.n_present)}
+            item = PyDict_Copy(template)
+            for j in range(s.n_present):
+                k = s.present_order[j]
+                PyDict_SetItem(item, <object>PyTuple_GET_ITEM(keys, k),
+                               _row_str(&s, &row, k, &cache))
+        else:
+            if kind == ROWS_OBJECT:
+                item = ff_alloc_row(cls, n_keys)
+                for k in range(n_keys):
+                    value = _row_value(&s, &row, k, &cache)
+                    Py_INCREF(value)
+                    PyTuple_SET_ITEM(item, k, value)
             else:
-                if kind == ROWS_OBJECT:
-                    item = ff_alloc_row(cls, n_keys)
-                    for k in range(n_keys):
-                        value = _row_value(&s, &row, k, &cache)
-                        Py_INCREF(value)
-                        PyTuple_SET_ITEM(item, k, value)
-                else:
-                    item = PyTuple_New(n_picks)
-                    for j in range(n_picks):
-                        value = _row_value(&s, &row, picks[j], &cache)
-                        Py_INCREF(value)
-                        PyTuple_SET_ITEM(item, j, value)
-                # A row of str and None can never be part of a cycle: untracked,
-                # the GC never walks it. (CPython untracks such tuples itself,
-                # but only exact tuples, and only once a collection walked them.)
-                PyObject_GC_UnTrack(<void*>item)
-            Py_INCREF(item)
-            PyList_SET_ITEM(rows, r, item)
-        if _scan_end(&s) < 0:
-            _raise_scan_error(&s, opcode, keys)
-    finally:
-        PyBuffer_Release(&view)
+                item = PyTuple_New(n_picks)
+                for j in range(n_picks):
+                    value = _row_value(&s, &row, picks[j], &cache)
+                    Py_INCREF(value)
+                    PyTuple_SET_ITEM(item, j, value)
+            # A row of str and None can never be part of a cycle: untracked,
+            # the GC never walks it. (CPython untracks such tuples itself,
+            # but only exact tuples, and only once a collection walked them.)
+            PyObject_GC_UnTrack(<void*>item)
+        Py_INCREF(item)
+        PyList_SET_ITEM(rows, r, item)
+    if _scan_end(&s) < 0:
+        _raise_scan_error(&s, opcode, keys)
     if not is_projection:
         present = keys
     elif s.expected < 0:
@@ -1140,7 +1165,7 @@ def decode_eof_body(body):
     cdef const char* data
     cdef Py_ssize_t size, pos
     cdef int32_t n_pairs
-    PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+    _get_bytes(body, &view)
     try:
         data = <const char*>view.buf
         size = view.len
@@ -1171,7 +1196,7 @@ def decode_eof_body(body):
 def decode_finished_body(body):
     """Decode a FINISHED body ``[i32 agency_id]`` -> ``agency_id``."""
     cdef Py_buffer view
-    PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+    _get_bytes(body, &view)
     try:
         if view.len != 4:
             raise ProtocolError(f"FINISHED body must be 4 bytes, got {view.len}", Opcodes.FINISHED)
@@ -1182,11 +1207,16 @@ def decode_finished_body(body):
 
 def decode_ack_body(opcode, body):
     """Check an ACK body (opcodes 1 and 2): it must be empty."""
-    name = _ACK_NAMES.get(opcode)
-    if name is None:
-        raise ValueError(f"not an ACK opcode: {opcode!r}")
-    if len(body) != 0:
-        raise ProtocolError(f"{name} body must be empty, got {len(body)} bytes", opcode)
+    cdef Py_buffer view
+    _get_bytes(body, &view)
+    try:
+        name = _ACK_NAMES.get(opcode)
+        if name is None:
+            raise ValueError(f"not an ACK opcode: {opcode!r}")
+        if view.len != 0:
+            raise ProtocolError(f"{name} body must be empty, got {view.len} bytes", opcode)
+    finally:
+        PyBuffer_Release(&view)
 
 
 # -- DataBatch --------------------------------------------------------------
@@ -1199,7 +1229,7 @@ def decode_databatch_body(body):
     cdef Py_ssize_t size, pos
     cdef int inner_opcode
     cdef int32_t inner_length
-    PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+    _get_bytes(body, &view)
     try:
         data = <const char*>view.buf
         size = view.len
@@ -1274,7 +1304,7 @@ def check_embedded(embedded):
     """Check that ``embedded`` is one well-framed message a DataBatch may carry."""
     cdef Py_buffer view
     cdef const char* data
-    PyObject_GetBuffer(embedded, &view, PyBUF_SIMPLE)
+    _get_bytes(embedded, &view)
     try:
         data = <const char*>view.buf
         if view.len < 5 or ff_get_i32(data + 1) != view.len - 5:
@@ -1376,6 +1406,8 @@ cdef int _put_row(Buf* b, const Table* t, spec, cls, row, Py_ssize_t r, list nam
     if held is not None:
         for j in range(n_cols):
             values[j] = PyList_GET_ITEM(held, j)
+    for j in range(n_cols):
+        ff_prefetch(values[j])  # the values' headers are each a cache miss: overlap them
     _put_i32(b, n_cols)
     for j in range(n_cols):
         if not PyUnicode_Check(<object>values[j]):
@@ -1488,11 +1520,21 @@ cdef int _project_rows(Scan* s, const int* picks, int n_picks, char* out,
 def project_databatch(opcode, body, table_ids, query_ids, meta, total_shards, shard_num,
                       reserved=0, columns=None):
     """Validate a client table body and wrap its projection in a DataBatch frame."""
+    cdef Py_buffer view
+    _get_bytes(body, &view)
+    try:
+        return _project(opcode, &view, table_ids, query_ids, meta, total_shards, shard_num,
+                        reserved, columns)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef object _project(opcode, const Py_buffer* view, table_ids, query_ids, meta, total_shards,
+                     shard_num, reserved, columns):
     cdef int picks[MAX_KEYS]
     cdef int n_picks, rc
     cdef Buf header = Buf(NULL, 0, 0)
     cdef Py_ssize_t number_at, inner_at, body_size = 0
-    cdef Py_buffer view
     cdef Scan s
     cdef PyObject* frame = NULL
     cdef char* out
@@ -1505,20 +1547,16 @@ def project_databatch(opcode, body, table_ids, query_ids, meta, total_shards, sh
         number_at = 5 + _put_databatch_header(&header, table_ids, query_ids, reserved, 0, meta,
                                               total_shards, shard_num)
         inner_at = 5 + header.len
-        PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
-        try:
-            if _scan_start(&s, t, <const char*>view.buf, view.len, False) < 0:
-                _raise_scan_error(&s, opcode, keys)
-            # One output, as long as a projection can get (the whole body), shrunk at the end.
-            frame = _new_bytes(NULL, inner_at + 5 + view.len)
-            out = PyBytes_AS_STRING(<object>frame)
-            # The body's buffer stays held, so its memory stays put without the GIL.
-            with nogil:
-                rc = _project_rows(&s, picks, n_picks, out + inner_at + 5, &body_size)
-            if rc < 0:
-                _raise_scan_error(&s, opcode, keys)
-        finally:
-            PyBuffer_Release(&view)
+        if _scan_start(&s, t, <const char*>view.buf, view.len, False) < 0:
+            _raise_scan_error(&s, opcode, keys)
+        # One output, as long as a projection can get (the whole body), shrunk at the end.
+        frame = _new_bytes(NULL, inner_at + 5 + view.len)
+        out = PyBytes_AS_STRING(<object>frame)
+        # The caller holds the body's buffer, so its memory stays put without the GIL.
+        with nogil:
+            rc = _project_rows(&s, picks, n_picks, out + inner_at + 5, &body_size)
+        if rc < 0:
+            _raise_scan_error(&s, opcode, keys)
         if body_size > INT32_MAX:
             raise ValueError(f"frame body too long: {body_size} bytes")
         if inner_at + body_size > INT32_MAX:

@@ -664,6 +664,8 @@ def encode_table_frame(opcode: int, batch_number: int, status: int, rows: Sequen
     _check_range("batch_number", batch_number, -(1 << 63), (1 << 63) - 1)
     if status not in (0, 1, 2):
         raise ValueError(f"invalid batch status {status!r}")
+    if not isinstance(status, int):  # 1.0 == 1, but a status byte is an int
+        raise TypeError(f"'{type(status).__name__}' object cannot be interpreted as an integer")
     if len(rows) > 0x7FFFFFFF:
         raise ValueError(f"too many rows: {len(rows)}")
     encoded_keys = [_pack_i32(len(k)) + k.encode() for k in names]

@@ -400,7 +400,7 @@ def decode_message(opcode: int, body: Any, row_type: str = "object",
 def decode_frame(frame: Any, max_frame: int = DEFAULT_MAX_FRAME, row_type: str = "object") -> Any:
     """Decode one whole frame (header included) held in memory."""
     opcode, length = codec.impl.read_frame_header(frame, 0, max_frame)
-    view = memoryview(frame)
+    view = memoryview(frame).cast("B")  # lengths count bytes, whatever the item size
     if len(view) != FRAME_HEADER_SIZE + length:
         raise ProtocolError(
             f"frame length {length} does not match the {len(view) - FRAME_HEADER_SIZE} "
