@@ -31,6 +31,7 @@ __all__ = [
 _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _I32 = struct.Struct("<i")
+_U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 _TABLE_HEADER = struct.Struct("<iqB")
 _FRAME_HEADER = struct.Struct("<Bi")
@@ -398,13 +399,14 @@ def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[l
     ``_scan_rows``, which callers run when this returns ``None``. An ASCII
     body (the common case) is decoded once and sliced, one object per value.
     """
-    size = len(body)
     position = _KEY_POSITION[opcode]
-    unpack = _unpack_i32
+    # Lengths read unsigned: a negative one becomes a huge one, which runs past
+    # the end, and every overrun ends in an exception or in ``pos != size``.
+    unpack = _U32.unpack_from
     # When every byte after the table header is ASCII, so is every value, and
     # slicing one decoded copy of the body gives each value in one step.
     text: Any = body.decode("latin-1") if body[13:].isascii() else None
-    rows = []
+    rows: list = []
     append = rows.append
     pos = 13
     try:
@@ -418,17 +420,15 @@ def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[l
                 # length, and the lookup rejects any other prefix.
                 start = pos + 4 + body[pos]
                 i = position[body[pos:start]]
-                start += 4
-                pos = start + unpack(body, start - 4)[0]
-                if pos > size or pos < start:
-                    return None
-                values[i] = text[start:pos] if text is not None else body[start:pos].decode()
+                pos = start + 4 + unpack(body, start)[0]
+                values[i] = (text[start + 4:pos] if text is not None
+                             else body[start + 4:pos].decode())
             if None in values:
                 return None
             append(values)
     except (struct.error, KeyError, IndexError, UnicodeDecodeError):
         return None
-    return rows if pos == size else None
+    return rows if pos == len(body) else None
 
 
 def _table_rows(opcode: int, body: Any, projected: bool):
