@@ -36,3 +36,12 @@ echo "== test suite, default codec (Cython) =="
 "$PY" -m pytest -q -p no:cacheprovider "$@" .
 echo "== test suite, FASTFRAME_PUREPYTHON=1 =="
 FASTFRAME_PUREPYTHON=1 "$PY" -m pytest -q -p no:cacheprovider "$@" .
+
+# A short coverage-guided differential fuzz run of both codecs (fuzz/README.md
+# has the long run); FASTFRAME_FUZZ_SECONDS=0 leaves it out.
+FUZZ_SECONDS=${FASTFRAME_FUZZ_SECONDS:-90}
+if [ "$FUZZ_SECONDS" -gt 0 ]; then
+  echo "== differential fuzzing, ${FUZZ_SECONDS}s =="
+  "$PY" -m pip install -q "atheris>=2"
+  PYTHON="$PY" bash ../fuzz/run.sh "$FUZZ_SECONDS"
+fi
