@@ -1581,9 +1581,14 @@ cdef double _NAN = float("nan")
 
 
 cdef _column_dtype(name, dtype):
-    text = dtype if isinstance(dtype, str) else getattr(dtype, "name", None)
-    if text is None and isinstance(dtype, type):
-        text = {float: "float64", int: "int64", str: "object", object: "object"}.get(dtype)
+    # A name, a Python type, a numpy scalar type (np.float64) or a numpy dtype.
+    if isinstance(dtype, str):
+        text = dtype
+    elif isinstance(dtype, type):
+        text = {float: "float64", int: "int64", str: "object", object: "object"}.get(
+            dtype, dtype.__name__)
+    else:
+        text = getattr(dtype, "name", None)
     if text not in _COLUMN_DTYPES:
         raise ValueError(f"dtype of column {name!r} must be float64, int64 or object, "
                          f"not {dtype!r}")
