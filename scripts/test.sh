@@ -34,9 +34,6 @@ if [ "$impl" != "c" ]; then
 fi
 echo "== test suite, default codec (Cython) =="
 "$PY" -m pytest -q -p no:cacheprovider "$@" .
-echo "== test suite, FASTFRAME_PUREPYTHON=1 =="
-FASTFRAME_PUREPYTHON=1 "$PY" -m pytest -q -p no:cacheprovider "$@" .
-
 # A short coverage-guided differential fuzz run of both codecs (fuzz/README.md
 # has the long run); FASTFRAME_FUZZ_SECONDS=0 leaves it out.
 FUZZ_SECONDS=${FASTFRAME_FUZZ_SECONDS:-90}
@@ -45,3 +42,6 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
   "$PY" -m pip install -q "atheris>=2"
   PYTHON="$PY" bash ../fuzz/run.sh "$FUZZ_SECONDS"
 fi
+
+echo "== test suite, FASTFRAME_PUREPYTHON=1 =="
+FASTFRAME_PUREPYTHON=1 "$PY" -m pytest -q -p no:cacheprovider "$@" .
