@@ -12,7 +12,7 @@ from cpython.dict cimport PyDict_Copy, PyDict_Next, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject, Py_TYPE
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport (
@@ -22,12 +22,12 @@ from cpython.unicode cimport (
 from libc.stdint cimport (
     INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint16_t, uint64_t,
 )
-from libc.string cimport memcpy, memset
+from libc.string cimport memchr, memcpy, memset
 
 import struct
 from collections.abc import Mapping
 
-from fastframe.errors import ProtocolError
+from fastframe.errors import CsvError, ProtocolError
 from fastframe.schema import (
     DEFAULT_MAX_FRAME, EOF_KEY, MAX_BATCH_FRAME, TABLES_BY_NAME, TABLES_BY_OPCODE, BatchStatus,
     Opcodes,
@@ -39,7 +39,7 @@ __all__ = [
     "decode_eof_body", "decode_finished_body", "decode_ack_body", "decode_databatch_body",
     "encode_frame", "encode_table_frame", "encode_eof_frame", "encode_finished_frame",
     "encode_databatch_header", "encode_databatch_frame", "check_embedded", "project_databatch",
-    "decode_columns",
+    "decode_columns", "encode_csv_batch",
 ]
 
 cdef extern from *:
@@ -1717,3 +1717,338 @@ def decode_columns(frame, columns=None, dtypes=None):
             array = _number_column(name, rows, index[name], kind, np)
         result[name] = array
     return result
+
+
+# -- CSV to frames (the client's encoder) ----------------------------------------
+
+cdef extern from *:
+    """
+    /* The bytes that end an unquoted CSV field: newline, comma and the quote (an error there). */
+    static const unsigned char ff_csv_stop[256] = {[10] = 1, [44] = 1, [34] = 1};
+    """
+    const unsigned char ff_csv_stop[256]
+
+cdef enum:
+    CSV_EMPTY_FRAME = 18    # frame header + table header: a batch of no rows
+
+cdef enum CsvFailure:
+    CSV_QUOTE_IN_UNQUOTED = 1
+    CSV_AFTER_QUOTE
+    CSV_UNTERMINATED
+    CSV_FIELDS              # a: the record's field count
+    CSV_TOO_BIG             # a: the row's size in a frame
+    CSV_UTF8
+    CSV_I32                 # a value too long for its i32 length (only past a 2 GiB max_bytes)
+    CSV_OVERRUN             # cannot happen: the output is sized for the worst case
+
+ctypedef struct CsvField:
+    Py_ssize_t start        # the field's text (inside the quotes of a quoted field)
+    Py_ssize_t raw          # its bytes in the data (a doubled quote counts 2)
+    Py_ssize_t length       # its value's bytes (a doubled quote counts 1)
+
+ctypedef struct CsvBatch:
+    # One call's state, shared by the scan (without the GIL) and its caller.
+    const char* data
+    Py_ssize_t size
+    Py_ssize_t pos          # where the next record (or blank line) starts
+    Py_ssize_t lines        # lines passed since the call's first line
+    Py_ssize_t rows
+    Py_ssize_t max_rows
+    Py_ssize_t max_bytes
+    bint check_i32              # max_bytes lets a value outgrow its i32 length
+    Py_ssize_t width
+    Py_ssize_t n_picks
+    const Py_ssize_t* picks     # field index of each required key
+    Py_ssize_t n_track          # fields whose place is kept: every one a pick can name
+    CsvField* fields
+    const Table* table
+    Py_ssize_t overhead         # a row's bytes besides its values
+    char* out
+    Py_ssize_t total            # bytes of the frame so far, headers included
+    Py_ssize_t cap              # bytes ``out`` holds
+    int error
+    Py_ssize_t error_lines      # ``lines`` at the start of the failing record
+    Py_ssize_t a
+
+
+cdef inline Py_ssize_t _csv_blank(const char* data, Py_ssize_t size, Py_ssize_t pos) noexcept nogil:
+    """``_codec_py._blank_line``: the length of the empty line at ``pos``, else 0."""
+    if data[pos] == c'\n':
+        return 1
+    if data[pos] == c'\r':
+        if pos + 1 == size:
+            return 1
+        if data[pos + 1] == c'\n':
+            return 2
+    return 0
+
+
+cdef int _csv_record(CsvBatch* c, Py_ssize_t* next_pos, Py_ssize_t* spans,
+                     Py_ssize_t* n_fields) noexcept nogil:
+    """``_codec_py._csv_record`` on the record at ``c.pos``: its fields' places, in one pass.
+
+    Where field ``f < c.n_track`` is goes to ``c.fields[f]``; ``n_fields``,
+    the position after the record's line end and the lines it spans come back.
+    """
+    cdef const char* data = c.data
+    cdef Py_ssize_t size = c.size
+    cdef Py_ssize_t i = c.pos, start, close, k, escaped
+    cdef Py_ssize_t f = 0, newlines = 0
+    cdef const char* q
+    cdef unsigned char ch
+    cdef CsvField* field
+    while True:
+        if i < size and data[i] == c'"':     # a quoted field
+            i += 1
+            start = i
+            escaped = 0
+            while True:
+                q = <const char*>memchr(data + i, c'"', <size_t>(size - i))
+                if q == NULL:
+                    c.error = CSV_UNTERMINATED
+                    return -1
+                close = q - data
+                for k in range(i, close):
+                    newlines += data[k] == c'\n'
+                if close + 1 < size and data[close + 1] == c'"':
+                    escaped += 1
+                    i = close + 2
+                    continue
+                i = close + 1
+                break
+            if f < c.n_track:
+                field = &c.fields[f]
+                field.start = start
+                field.raw = i - 1 - start
+                field.length = field.raw - escaped
+        else:
+            start = i
+            while i < size and not ff_csv_stop[<unsigned char>data[i]]:
+                i += 1
+            if i < size and data[i] == c'"':
+                c.error = CSV_QUOTE_IN_UNQUOTED
+                return -1
+            if f < c.n_track:
+                field = &c.fields[f]
+                field.start = start
+                field.raw = i - start
+                # "\r" before the line end, or ending the data, belongs to the line end.
+                if field.raw > 0 and data[i - 1] == c'\r' and (i >= size or data[i] == c'\n'):
+                    field.raw -= 1
+                field.length = field.raw
+        f += 1
+        if i >= size:
+            next_pos[0] = size
+            break
+        ch = <unsigned char>data[i]
+        if ch == c',':
+            i += 1
+            continue
+        if ch == c'\n':
+            next_pos[0] = i + 1
+            break
+        if ch == c'\r' and (i + 1 == size or data[i + 1] == c'\n'):
+            next_pos[0] = i + 2 if i + 1 < size else size
+            break
+        c.error = CSV_AFTER_QUOTE
+        return -1
+    n_fields[0] = f
+    spans[0] = 1 + newlines
+    return 0
+
+
+cdef inline char* _csv_put_value(char* w, const char* p, const CsvField* field) noexcept nogil:
+    """``[i32 length][value]``, each doubled quote of a quoted field copied once."""
+    cdef Py_ssize_t n = field.raw, part
+    cdef const char* q
+    ff_put_i32(w, <int32_t>field.length)
+    w += 4
+    if field.raw == field.length:
+        ff_copy(w, p, n)
+        return w + n
+    while n > 0:
+        q = <const char*>memchr(p, c'"', <size_t>n)
+        if q == NULL:
+            memcpy(w, p, n)
+            return w + n
+        part = q - p + 1        # through the first quote of the pair
+        memcpy(w, p, part)
+        w += part
+        p += part + 1           # past the second
+        n -= part + 1
+    return w
+
+
+cdef int _csv_fill(CsvBatch* c) noexcept nogil:
+    """``_codec_py.encode_csv_batch``'s loop: rows into ``c.out`` until a limit or the end."""
+    cdef const char* data = c.data
+    cdef Py_ssize_t size = c.size
+    cdef Py_ssize_t blank, next_pos, spans, n_fields, row_size
+    cdef Py_ssize_t j
+    cdef const Table* t = c.table
+    cdef const CsvField* field
+    cdef char* w
+    while c.pos < size and c.rows < c.max_rows:
+        blank = _csv_blank(data, size, c.pos)
+        if blank:
+            c.pos += blank
+            c.lines += 1
+            continue
+        c.error_lines = c.lines
+        if _csv_record(c, &next_pos, &spans, &n_fields) < 0:
+            return -1
+        if n_fields != c.width:
+            c.error = CSV_FIELDS
+            c.a = n_fields
+            return -1
+        row_size = c.overhead
+        for j in range(c.n_picks):
+            row_size += c.fields[c.picks[j]].length
+        if CSV_EMPTY_FRAME + row_size > c.max_bytes:
+            c.error = CSV_TOO_BIG
+            c.a = row_size
+            return -1
+        if c.total + row_size > c.max_bytes:
+            break
+        if c.total + row_size > c.cap:
+            c.error = CSV_OVERRUN
+            return -1
+        # Doubled quotes and a "\r" before the line end are ASCII: checking the
+        # text as it is in the data checks the value.
+        if not ff_is_ascii(data + c.pos, next_pos - c.pos):
+            for j in range(c.n_picks):
+                field = &c.fields[c.picks[j]]
+                if not _utf8_valid(<const unsigned char*>data + field.start, field.raw):
+                    c.error = CSV_UTF8
+                    return -1
+        if c.check_i32:
+            for j in range(c.n_picks):
+                if c.fields[c.picks[j]].length > INT32_MAX:
+                    c.error = CSV_I32
+                    return -1
+        w = c.out + c.total
+        ff_put_i32(w, <int32_t>c.n_picks)
+        w += 4
+        for j in range(c.n_picks):
+            ff_copy(w, t.wire_key[j], 4 + t.key_len[j])
+            w += 4 + t.key_len[j]
+            field = &c.fields[c.picks[j]]
+            w = _csv_put_value(w, data + field.start, field)
+        c.total += row_size
+        c.rows += 1
+        c.pos = next_pos
+        c.lines += spans
+    # Trailing blank lines belong to this batch: the data may end with them.
+    while c.pos < size:
+        blank = _csv_blank(data, size, c.pos)
+        if not blank:
+            break
+        c.pos += blank
+        c.lines += 1
+    return 0
+
+
+def encode_csv_batch(opcode, data, offset, line, picks, width, batch_number, max_rows,
+                     max_bytes):
+    """Encode CSV records of ``data`` from ``offset`` into one table frame."""
+    cdef Py_buffer view
+    cdef CsvBatch c
+    cdef Py_ssize_t j, avail, bound, highest = -1
+    cdef Py_ssize_t c_picks[MAX_KEYS]
+    cdef PyObject* frame = NULL
+    cdef int rc
+    spec = _table_spec(opcode)
+    for name, value in (("offset", offset), ("line", line), ("width", width),
+                        ("max_rows", max_rows), ("max_bytes", max_bytes)):
+        if not isinstance(value, int):
+            raise TypeError(f"{name} must be int, not {type(value).__name__}")
+    if len(picks) != len(spec.required_keys) or not all(
+            isinstance(p, int) and 0 <= p < width for p in picks):
+        raise ValueError(f"picks must give a field below {width} for each of "
+                         f"{len(spec.required_keys)} keys")
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, not {max_rows}")
+    if max_bytes < CSV_EMPTY_FRAME:
+        raise ValueError(f"max_bytes must be >= {CSV_EMPTY_FRAME} (an empty batch frame), "
+                         f"not {max_bytes}")
+    cdef Py_ssize_t start = _offset(offset)
+    cdef int64_t number = _check_range("batch_number", batch_number, INT64_MIN, INT64_MAX)
+    cdef const Table* t = &_tables[<int>spec.opcode]
+    # Huge values saturate: no record can have that many fields, rows or bytes.
+    c.n_picks = t.n_keys
+    pick_tuple = tuple(picks)
+    if len(pick_tuple) != c.n_picks:    # a sequence whose length and items disagree
+        raise ValueError(f"picks must give a field below {width} for each of "
+                         f"{len(spec.required_keys)} keys")
+    for j in range(c.n_picks):
+        c_picks[j] = PyNumber_AsSsize_t(pick_tuple[j], NULL)
+        if c_picks[j] > highest:
+            highest = c_picks[j]
+    c.picks = c_picks
+    c.width = PyNumber_AsSsize_t(width, NULL)
+    c.max_rows = PyNumber_AsSsize_t(max_rows, NULL)
+    c.max_bytes = PyNumber_AsSsize_t(max_bytes, NULL)
+    c.check_i32 = c.max_bytes > INT32_MAX
+    c.table = t
+    c.overhead = 4
+    for j in range(t.n_keys):
+        c.overhead += 4 + t.key_len[j] + 4
+    c.fields = NULL
+    _get_bytes(data, &view)
+    try:
+        c.data = <const char*>view.buf
+        c.size = view.len
+        c.pos = start if start < view.len else view.len
+        c.lines = c.rows = 0
+        c.error = 0
+        c.error_lines = c.a = 0
+        avail = c.size - c.pos
+        # A record with n fields spans at least n - 1 bytes: a pick past
+        # avail + 1 is never reached (every record fails the field count).
+        c.n_track = highest + 1 if highest < avail + 2 else avail + 2
+        c.fields = <CsvField*>PyMem_Malloc(c.n_track * sizeof(CsvField))
+        if c.fields == NULL:
+            raise MemoryError()
+        # The frame never outgrows max_bytes, nor its rows' overhead plus
+        # each pick's share of the data (every record takes at least one byte).
+        bound = CSV_EMPTY_FRAME + (c.max_rows if c.max_rows < avail else avail) * c.overhead \
+            + c.n_picks * avail
+        c.cap = bound if bound < c.max_bytes else c.max_bytes
+        frame = _new_bytes(NULL, c.cap)
+        c.out = PyBytes_AS_STRING(<object>frame)
+        c.total = CSV_EMPTY_FRAME
+        # The caller holds the data's buffer, so its memory stays put without the GIL.
+        with nogil:
+            rc = _csv_fill(&c)
+        if rc < 0:
+            at = line if c.error_lines == 0 else line + c.error_lines
+            if c.error == CSV_FIELDS:
+                raise CsvError(f"expected {width} fields, got {c.a}", at)
+            if c.error == CSV_TOO_BIG:
+                raise CsvError(f"row of {c.a} bytes does not fit a {max_bytes}-byte batch", at)
+            if c.error == CSV_QUOTE_IN_UNQUOTED:
+                raise CsvError("quote inside an unquoted field", at)
+            if c.error == CSV_AFTER_QUOTE:
+                raise CsvError("unexpected character after a closing quote", at)
+            if c.error == CSV_UNTERMINATED:
+                raise CsvError("unterminated quoted field", at)
+            if c.error == CSV_UTF8:
+                raise CsvError("not UTF-8", at)
+            if c.error == CSV_I32:
+                raise struct.error(_I32_PACK_ERROR)
+            raise SystemError("encode_csv_batch: output buffer overrun")
+        if c.total - 5 > INT32_MAX:
+            raise struct.error(_I32_PACK_ERROR)
+        c.out[0] = <char>t.opcode
+        ff_put_i32(c.out + 1, <int32_t>(c.total - 5))
+        ff_put_i32(c.out + 5, <int32_t>c.rows)
+        ff_put_i64(c.out + 9, number)
+        c.out[17] = <char>(1 if c.pos >= c.size else 0)     # BatchStatus.EOF, CONTINUE
+        if c.total != c.cap:
+            _PyBytes_Resize(&frame, c.total)
+        result = <object>frame
+        return result, c.pos, c.rows, (line if c.lines == 0 else line + c.lines)
+    finally:
+        Py_XDECREF(frame)
+        PyMem_Free(c.fields)
+        PyBuffer_Release(&view)

@@ -25,7 +25,7 @@ __all__ = [
     "decode_eof_body", "decode_finished_body", "decode_ack_body", "decode_databatch_body",
     "encode_frame", "encode_table_frame", "encode_eof_frame", "encode_finished_frame",
     "encode_databatch_header", "encode_databatch_frame", "check_embedded", "project_databatch",
-    "decode_columns",
+    "decode_columns", "encode_csv_batch",
 ]
 
 _U8 = struct.Struct("<B")
@@ -868,6 +868,8 @@ def decode_columns(frame: Any, columns: Optional[Sequence[str]] = None,
 
 # -- CSV to frames (the client's encoder) ----------------------------------------
 
+_CSV_EMPTY_FRAME = 5 + 13  # frame header + table header: a batch of no rows
+
 def _csv_record(data: bytes, pos: int, line: int) -> Tuple[List[bytes], int, int]:
     """One RFC 4180 record at ``pos`` -> ``(raw fields, next pos, lines it spans)``.
 
@@ -952,19 +954,37 @@ def encode_csv_batch(opcode: int, data: bytes, offset: int, line: int, picks: Se
     the data to its end, else CONTINUE. A malformed record, a wrong field
     count, text that is not UTF-8 or one record larger than ``max_bytes``
     raises ``CsvError`` with the record's line.
+
+    Arguments are checked first, in this order: the opcode, then ``offset``,
+    ``line``, ``width``, ``max_rows`` and ``max_bytes`` must be ints
+    (``TypeError``), ``picks`` ints in range, ``max_rows`` >= 1, ``max_bytes``
+    at least an empty batch frame (18), ``offset`` >= 0 (``ValueError``), then
+    ``batch_number`` as ``encode_table_frame`` checks it. ``data`` is any
+    buffer.
     """
     spec = _table_spec(opcode)
-    if len(picks) != len(spec.required_keys) or not all(0 <= p < width for p in picks):
+    for name, value in (("offset", offset), ("line", line), ("width", width),
+                        ("max_rows", max_rows), ("max_bytes", max_bytes)):
+        if not isinstance(value, int):
+            raise TypeError(f"{name} must be int, not {type(value).__name__}")
+    if len(picks) != len(spec.required_keys) or not all(
+            isinstance(p, int) and 0 <= p < width for p in picks):
         raise ValueError(f"picks must give a field below {width} for each of "
                          f"{len(spec.required_keys)} keys")
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, not {max_rows}")
-    data = _bytes_of(data)
+    if max_bytes < _CSV_EMPTY_FRAME:
+        raise ValueError(f"max_bytes must be >= {_CSV_EMPTY_FRAME} (an empty batch frame), "
+                         f"not {max_bytes}")
+    _check_offset(offset)
+    _check_range("batch_number", batch_number, -(1 << 63), (1 << 63) - 1)
+    # The scan uses bytes methods (find, count, split): other buffers are copied once.
+    data = data if type(data) is bytes else bytes(_bytes_of(data))
     size = len(data)
     wire_keys = [_pack_i32(len(k)) + k.encode() for k in spec.required_keys]
     overhead = 4 + sum(len(k) + 4 for k in wire_keys)
     n_pairs = _pack_i32(len(wire_keys))
-    empty = 5 + 13
+    empty = _CSV_EMPTY_FRAME
     total = empty
     parts = [b"", b""]
     rows = 0

@@ -4,7 +4,9 @@ Tables go in spec order, each table's CSV files in sorted order, as batches
 of at most ``max_batch_bytes`` (1 MiB, headers included) and ``batch_rows``
 rows; batch numbers run on across a table's files, the last batch of each
 file has status EOF, an EOF frame carrying the last batch number closes each
-table and FINISHED closes the stream. Up to ``window`` batches are in flight
+table and FINISHED closes the stream. A file is read whole and its records
+go straight from CSV bytes to frames (``codec.encode_csv_batch``, strict
+RFC 4180), one call per batch. Up to ``window`` batches are in flight
 before their ACKs are read; a BATCH_RECV_FAIL resends that batch (bounded,
 with backoff); a broken connection is re-opened and every unACKed batch is
 sent again, so delivery is at-least-once.
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import codec
-from .errors import ProtocolError
+from .errors import CsvError, ProtocolError
 from .schema import (
     FRAME_HEADER_SIZE, MAX_BATCH_FRAME, TABLE_HEADER_SIZE, TABLES, BatchStatus, Opcodes,
     TableSpec,
@@ -56,7 +58,6 @@ def read_table_csv(path: Path, spec: TableSpec) -> Iterator[Tuple[int, List[str]
     line or a row with the wrong number of fields is a ``ClientError`` naming
     the file and the line the row starts on.
     """
-    renames = CSV_COLUMNS.get(spec.name, {})
     # utf-8-sig: a header written with a byte-order mark still names its first column.
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, strict=True)
@@ -65,13 +66,7 @@ def read_table_csv(path: Path, spec: TableSpec) -> Iterator[Tuple[int, List[str]
             header = next(reader, None)
             if header is None:
                 raise ClientError(f"{path}: empty file, expected a header line")
-            position = {renames.get(name, name): i for i, name in enumerate(header)}
-            missing = [k for k in spec.required_keys if k not in position]
-            if missing:
-                csv_names = {key: name for name, key in renames.items()}
-                raise ClientError(f"{path}: missing required column(s) "
-                                  f"{', '.join(csv_names.get(k, k) for k in missing)}")
-            picks = [position[k] for k in spec.required_keys]
+            picks = _header_picks(path, header, spec)
             width = len(header)
             line = reader.line_num + 1
             for row in reader:
@@ -88,6 +83,54 @@ def read_table_csv(path: Path, spec: TableSpec) -> Iterator[Tuple[int, List[str]
             # Text is decoded in blocks, so the reader's line is not the bad one.
             raise ClientError(f"{path}:{_first_non_utf8_line(path)}: not UTF-8: "
                               f"{exc.reason}") from exc
+
+
+def _header_picks(path: Path, header: Sequence[str], spec: TableSpec) -> List[int]:
+    """The header position of each of ``spec.required_keys``, found by name (§9)."""
+    renames = CSV_COLUMNS.get(spec.name, {})
+    position = {renames.get(name, name): i for i, name in enumerate(header)}
+    missing = [k for k in spec.required_keys if k not in position]
+    if missing:
+        csv_names = {key: name for name, key in renames.items()}
+        raise ClientError(f"{path}: missing required column(s) "
+                          f"{', '.join(csv_names.get(k, k) for k in missing)}")
+    return [position[k] for k in spec.required_keys]
+
+
+def _csv_layout(path: Path, data: bytes, spec: TableSpec) -> Tuple[List[int], int, int]:
+    """``(picks, width, offset)`` of a CSV file's bytes: its header line, parsed.
+
+    The header is the first line (no quoted line breaks), decoded as
+    ``utf-8-sig`` and split by ``csv.reader``, so quoted names work; the
+    records start at ``offset``, on line 2.
+    """
+    if not data:
+        raise ClientError(f"{path}: empty file, expected a header line")
+    end = data.find(b"\n")
+    if end < 0:
+        end = len(data)
+    try:
+        text = data[:end].decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ClientError(f"{path}:1: not UTF-8: {exc.reason}") from exc
+    if text.endswith("\r"):
+        text = text[:-1]
+    try:
+        header = next(csv.reader([text], strict=True), [])
+    except csv.Error as exc:
+        raise ClientError(f"{path}:1: malformed CSV: {exc}") from exc
+    return _header_picks(path, header, spec), len(header), min(end + 1, len(data))
+
+
+# The encoder's grammar errors; the others (field count, UTF-8, size) say what they are.
+_MALFORMED = frozenset(("quote inside an unquoted field",
+                        "unexpected character after a closing quote",
+                        "unterminated quoted field"))
+
+
+def _csv_error(path: Path, exc: CsvError) -> ClientError:
+    detail = f"malformed CSV: {exc.message}" if exc.message in _MALFORMED else exc.message
+    return ClientError(f"{path}:{exc.line}: {detail}")
 
 
 def _first_non_utf8_line(path: Path) -> int:
@@ -112,7 +155,13 @@ class _Batch:
 
 
 class _Batcher:
-    """Cuts one table's files into batches within the row and byte limits."""
+    """Cuts one table's files into batches within the row and byte limits.
+
+    Each batch is one ``encode_csv_batch`` call on the file's bytes: greedy
+    (a batch ends when the next record would break a limit), never spanning
+    two files, the last one of a file with status EOF (a file with no
+    records gives one empty EOF batch).
+    """
 
     def __init__(self, spec: TableSpec, max_rows: int, max_bytes: int,
                  stop: Callable[[], bool]) -> None:
@@ -120,43 +169,48 @@ class _Batcher:
         self.stop = stop
         self.max_rows = max_rows
         self.max_bytes = max_bytes
-        # Bytes a row costs besides its values: pair count, key strings, value lengths.
-        self._row_overhead = 4 + sum(8 + len(k.encode()) for k in spec.required_keys)
         self.number = 0
-        self.pending: List[List[str]] = []
         self.path: Optional[Path] = None
-
-    def _cut(self, status: int) -> _Batch:
-        self.number += 1
-        rows, self.pending = self.pending, []
-        frame = codec.impl.encode_table_frame(self.spec.opcode, self.number, status, rows)
-        return _Batch(self.spec, self.path, self.number, frame, len(rows))
+        self._in_progress: Optional[_Batch] = None
 
     def batches(self, folder: Path) -> Iterator[_Batch]:
-        empty = FRAME_HEADER_SIZE + TABLE_HEADER_SIZE
+        opcode = self.spec.opcode
         for path in sorted(p for p in folder.iterdir() if p.suffix == ".csv" and p.is_file()):
             self.path = path
-            size = empty
-            for line, values in read_table_csv(path, self.spec):
+            data = path.read_bytes()
+            picks, width, offset = _csv_layout(path, data, self.spec)
+            encode = codec.impl.encode_csv_batch
+            line = 2
+            while True:
+                try:
+                    frame, offset, rows, line = encode(
+                        opcode, data, offset, line, picks, width, self.number + 1,
+                        self.max_rows, self.max_bytes)
+                except CsvError as exc:
+                    raise _csv_error(path, exc) from exc
+                self.number += 1
                 if self.stop():
+                    # The batch in progress is the one to go out marked CANCEL.
+                    status_at = FRAME_HEADER_SIZE + 12  # [i32 nRows][i64 batch][u8 status]
+                    frame = frame[:status_at] + bytes([BatchStatus.CANCEL]) + frame[status_at + 1:]
+                    self._in_progress = _Batch(self.spec, path, self.number, frame, rows)
                     return
-                text = "".join(values)
-                row_size = self._row_overhead + (len(text) if text.isascii()
-                                                 else len(text.encode()))
-                if empty + row_size > self.max_bytes:
-                    raise ClientError(f"{path}:{line}: row of {row_size} bytes does not fit "
-                                      f"a {self.max_bytes}-byte batch")
-                if self.pending and (len(self.pending) >= self.max_rows
-                                     or size + row_size > self.max_bytes):
-                    yield self._cut(BatchStatus.CONTINUE)
-                    size = empty
-                self.pending.append(values)
-                size += row_size
-            yield self._cut(BatchStatus.EOF)
+                yield _Batch(self.spec, path, self.number, frame, rows)
+                if offset >= len(data):
+                    break
 
     def cancel_batch(self) -> _Batch:
-        """The rows read but not yet sent, as a batch with status CANCEL."""
-        return self._cut(BatchStatus.CANCEL)
+        """The batch in progress when sending stopped, with status CANCEL.
+
+        Empty, numbered next, when the stop came with every row already sent.
+        """
+        if self._in_progress is not None:
+            batch, self._in_progress = self._in_progress, None
+            return batch
+        self.number += 1
+        frame = codec.impl.encode_table_frame(self.spec.opcode, self.number,
+                                              BatchStatus.CANCEL, [])
+        return _Batch(self.spec, self.path, self.number, frame, 0)
 
 
 @dataclass
@@ -179,8 +233,10 @@ class Client:
                  max_batch_bytes: int = MAX_BATCH_FRAME, window: int = 8, max_retries: int = 3,
                  connect_attempts: int = 10, backoff: float = 0.1, timeout: float = 60.0,
                  progress: Optional[Progress] = None) -> None:
-        if not 0 < max_batch_bytes <= MAX_BATCH_FRAME:
-            raise ValueError(f"max_batch_bytes must be in 1..{MAX_BATCH_FRAME}")
+        # A batch of no rows (a header-only file, a CANCEL batch) must fit too.
+        empty = FRAME_HEADER_SIZE + TABLE_HEADER_SIZE
+        if not empty <= max_batch_bytes <= MAX_BATCH_FRAME:
+            raise ValueError(f"max_batch_bytes must be in {empty}..{MAX_BATCH_FRAME}")
         if batch_rows < 1 or window < 1 or max_retries < 0 or connect_attempts < 1:
             raise ValueError("batch_rows, window and connect_attempts must be >= 1, "
                              "max_retries >= 0")
