@@ -749,9 +749,8 @@ def _fast_projection(opcode: int, body: bytes, n_rows: int, n_keys: int,
     The projection twin of ``_fast_rows``: the same checks, but values are
     sliced as wire strings (length prefix included) instead of decoded.
     """
-    size = len(body)
     position = _KEY_POSITION[opcode]
-    unpack = _unpack_i32
+    unpack = _U32.unpack_from  # unsigned, as in _fast_rows: overruns end the loop
     # Valid UTF-8 only needs checking where some byte is not ASCII.
     check_utf8 = not body[13:].isascii()
     wire_keys = {i: key for key, i in position.items()}
@@ -770,8 +769,6 @@ def _fast_projection(opcode: int, body: bytes, n_rows: int, n_keys: int,
                 start = pos + 4 + body[pos]
                 i = position[body[pos:start]]
                 pos = start + 4 + unpack(body, start)[0]
-                if pos > size or pos < start + 4:
-                    return None
                 spans[i] = body[start:pos]
                 if check_utf8:
                     spans[i][4:].decode()
@@ -780,7 +777,7 @@ def _fast_projection(opcode: int, body: bytes, n_rows: int, n_keys: int,
             append(row_head + b"".join([part for key, i in kept for part in (key, spans[i])]))
     except (struct.error, KeyError, IndexError, UnicodeDecodeError):
         return None
-    return rows if pos == size else None
+    return rows if pos == len(body) else None
 
 
 # -- columns ----------------------------------------------------------------
