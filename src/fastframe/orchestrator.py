@@ -278,8 +278,10 @@ class Orchestrator:
         for t in list(self._threads):
             t.join(max(0.0, deadline - time.monotonic()))
         self._writer.close()
-        log.info("action: shutdown | result: success | batches: %d | failed: %d | bytes_in: %d",
-                 self.counters.batches, self.counters.failed, self.counters.bytes_in)
+        c = self.counters
+        log.info("action: shutdown | result: success | connections: %d | batches: %d | "
+                 "failed: %d | bytes_in: %d | rows: %s", c.connections, c.batches, c.failed,
+                 c.bytes_in, c.rows)
         self._stopped.set()
 
     def _start_connection(self, sock: socket.socket, peer) -> None:
@@ -307,8 +309,8 @@ class Orchestrator:
             while not self._stopping.is_set():
                 frame = reader.read_frame()
                 if frame is None:
-                    log.info("action: close | result: success | conn: %d | reason: peer_closed",
-                             conn_id)
+                    log.info("action: close | result: success | conn: %d | reason: peer_closed"
+                             " | batches: %d | rows: %d", conn_id, stats.batches, stats.rows)
                     break
                 opcode, body = frame
                 stats.bytes_in += 5 + len(body)
