@@ -26,7 +26,7 @@ from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
 from . import codec
 from .errors import ProtocolError
-from .framing import FrameReader
+from .framing import BufferPool, FrameReader
 from .schema import (
     ALL_QUERY_IDS, DEFAULT_MAX_FRAME, TABLES, TABLES_BY_NAME, TABLES_BY_OPCODE, Opcodes,
 )
@@ -42,6 +42,8 @@ _ALL_TABLE_IDS = tuple(t.opcode for t in TABLES)
 # How often a waiting accept() looks at the stop flag: shutting the listener
 # down wakes accept() on Linux only (macOS and Windows answer ENOTCONN).
 _ACCEPT_POLL = 0.5
+# Each connection's own read buffer; a bigger frame borrows one from the pool.
+_CONNECTION_BUFFER = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,9 @@ class Orchestrator:
     to deliver a frame it has started (a peer trickling bytes).
     ``max_in_flight`` batches at most are being projected or stored at once
     (a group commit holds up to that many); other connections wait with
-    their frame read.
+    their frame read. A frame bigger than a connection's own 64 KiB buffer
+    is read into one of ``max_in_flight + 2`` frame-sized buffers shared by
+    all connections, so memory stays flat however many connect.
     """
 
     def __init__(self, sink: Sink, host: str = "127.0.0.1", port: int = 12345, *,
@@ -203,6 +207,10 @@ class Orchestrator:
             raise ValueError(f"max_in_flight must be >= 1, not {max_in_flight}")
         self.headers = HeaderPolicy(compat)
         self._slots = threading.BoundedSemaphore(max_in_flight)
+        # No deadlock: a thread takes a pool buffer only while reading, holding
+        # no slot, and one holding a slot waits for nothing but the sink; two
+        # more than the slots let the next frames be read while these are stored.
+        self._buffers = BufferPool(max_in_flight + 2, max_frame)
         self.max_frame = max_frame
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
@@ -301,8 +309,9 @@ class Orchestrator:
     def _serve_connection(self, conn_id: int, sock: socket.socket, peer) -> None:
         where = f"{peer[0]}:{peer[1]}"
         log.info("action: accept | result: success | conn: %d | peer: %s", conn_id, where)
-        reader = FrameReader(sock, self.max_frame, idle_timeout=self.idle_timeout,
-                             frame_timeout=self.frame_timeout)
+        reader = FrameReader(sock, self.max_frame, _CONNECTION_BUFFER,
+                             idle_timeout=self.idle_timeout, frame_timeout=self.frame_timeout,
+                             buffer_pool=self._buffers)
         stats = ConnectionStats()
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -327,6 +336,7 @@ class Orchestrator:
         except OSError as exc:
             log.warning("action: receive | result: fail | conn: %d | error: %s", conn_id, exc)
         finally:
+            reader.close()
             with self._lock:
                 self._connections.pop(conn_id, None)
             sock.close()
