@@ -470,7 +470,10 @@ def decode_table_body(opcode: int, body: Any, row_type: str = "object",
         cls = spec.row_class
         rows: list = [new(cls, values) for values in raw_rows]
     elif row_type == "tuple":
-        rows = [tuple([values[i] for i in picks]) for values in raw_rows]
+        if picks == tuple(range(len(spec.required_keys))):
+            rows = list(map(tuple, raw_rows))  # every column, in order: one call per row
+        else:
+            rows = [tuple([values[i] for i in picks]) for values in raw_rows]
     else:
         picks = tuple(_KEY_INDEX[opcode][k] for k in keys)
         if picks == tuple(range(len(picks))):
