@@ -12,7 +12,6 @@ import socket
 import struct
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Tuple
 
 import pytest
@@ -25,22 +24,11 @@ from fastframe import (
 )
 from fastframe.framing import BufferPool
 from fastframe.schema import DEFAULT_MAX_FRAME, MAX_BATCH_FRAME
-from wire import eof_body, frame, sample_rows, table_body
+from wire import eof_body, frame, sample_rows, split_frames, table_body
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
+from conftest import CONFORMANCE  # noqa: E402  (one place, FASTFRAME_CONFORMANCE honoured)
 SAMPLE = (CONFORMANCE / "sample_c2s.bin").read_bytes()
 FINISHED_7 = b"\x03\x04\x00\x00\x00\x07\x00\x00\x00"
-
-
-def split_frames(data: bytes) -> List[Tuple[int, bytes]]:
-    """``[u8 opcode][i32 n][n bytes]``* -> ``[(opcode, body)]``, parsed with struct."""
-    frames, pos = [], 0
-    while pos < len(data):
-        opcode, length = struct.unpack_from("<Bi", data, pos)
-        frames.append((opcode, data[pos + 5:pos + 5 + length]))
-        pos += 5 + length
-    assert pos == len(data)
-    return frames
 
 
 SAMPLE_SPLIT = split_frames(SAMPLE)

@@ -13,7 +13,6 @@ import socket
 import struct
 import threading
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
@@ -21,7 +20,7 @@ import pytest
 import fastframe
 from fastframe.messages import decode_frame
 from fastframe.schema import DEFAULT_MAX_FRAME, MAX_BATCH_FRAME, TABLES, TABLES_BY_NAME
-from wire import databatch_body, eof_body, frame, sample_rows, shuffled, table_body
+from wire import databatch_body, eof_body, frame, sample_rows, shuffled, split_frames, table_body
 from fastframe import (  # the public import line an orchestrator uses
     recv_msg, ProtocolError, Opcodes, BatchStatus, DataBatch, NewMenuItems, NewStores,
     NewTransactionItems, NewTransactions, NewUsers, EOFMessage, Finished, BatchRecvSuccess,
@@ -29,7 +28,7 @@ from fastframe import (  # the public import line an orchestrator uses
     TableMessage,
 )
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
+from conftest import CONFORMANCE  # noqa: E402  (one place, FASTFRAME_CONFORMANCE honoured)
 SAMPLE_C2S = (CONFORMANCE / "sample_c2s.bin").read_bytes()
 SAMPLE_S2C = (CONFORMANCE / "sample_s2c.bin").read_bytes()
 GOLDEN_DIRS = ("golden_sample", "golden")
@@ -47,17 +46,6 @@ FINISHED_7 = b"\x03\x04\x00\x00\x00\x07\x00\x00\x00"
 
 
 # -- an independent parser (struct only) --------------------------------------
-
-def split_frames(data: bytes) -> List[Tuple[int, bytes]]:
-    """``[u8 opcode][i32 n][n bytes]``* -> ``[(opcode, body)]``; the frames must fill ``data``."""
-    frames, pos = [], 0
-    while pos < len(data):
-        opcode, length = struct.unpack_from("<Bi", data, pos)
-        frames.append((opcode, data[pos + 5:pos + 5 + length]))
-        pos += 5 + length
-    assert pos == len(data)
-    return frames
-
 
 def whole_frames(data: bytes) -> List[bytes]:
     return [frame(opcode, body) for opcode, body in split_frames(data)]

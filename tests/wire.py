@@ -121,3 +121,17 @@ def error(exc_type: type, message: str) -> Iterator[Any]:
         yield info
     assert type(info.value) is exc_type
     assert str(info.value) == message
+
+
+def split_frames(data: bytes) -> List[Tuple[int, bytes]]:
+    """``[u8 opcode][i32 n][n bytes]``* -> ``[(opcode, body)]``, parsed with struct alone.
+
+    An independent parser for expectations; the frames must fill ``data``.
+    """
+    frames, pos = [], 0
+    while pos < len(data):
+        opcode, length = struct.unpack_from("<Bi", data, pos)
+        frames.append((opcode, data[pos + 5:pos + 5 + length]))
+        pos += 5 + length
+    assert pos == len(data)
+    return frames
