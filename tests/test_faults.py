@@ -434,8 +434,11 @@ def _hostile(address, data: bytes) -> bytes:
         try:
             wire.send(data)
             wire.sock.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass   # closed on us mid-send: its answer is what it sent before
+        except OSError as exc:
+            # Closed on us mid-send (reset, broken pipe, or already gone when
+            # we half-close): its answer is what it sent before.
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                raise
         return wire.read_until_closed()
 
 

@@ -251,7 +251,9 @@ class Wire:
         while True:
             try:
                 chunk = self.sock.recv(65536)
-            except ConnectionResetError:
+            except OSError as exc:  # reset, or gone before we asked
+                if exc.errno not in (errno.ECONNRESET, errno.ENOTCONN):
+                    raise
                 return data
             if not chunk:
                 return data
