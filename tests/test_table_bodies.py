@@ -159,6 +159,51 @@ def test_object_rows_have_attribute_access(codec):
     assert user._asdict() == row
 
 
+# -- either side of the pure codec's one-pass row scan -------------------------------------
+# The pure codec reads a batch whose rows share row 0's key order and whose
+# values are short (< 256 bytes) and free of control characters in one regex
+# pass, and any other batch value by value; the C codec reads all alike.
+# These batches sit on both sides of that line.
+
+TRANSACTIONS = TABLES_BY_NAME["transactions"]
+EDGE_VALUES = ["", "plain", "a" * 255, "a" * 256, "é" * 127, "é" * 128, "line\nbreak", "tab\t",
+               "\x00", "\x1f", "\x7f", "\u0085", "😀 Café", "store_id", "\x08\x00\x00\x00store_id"]
+
+
+def plain_rows(spec, n):
+    return [{k: f"{k}-{r}" for k in spec.required_keys} for r in range(n)]
+
+
+@pytest.mark.parametrize("row_type", ROW_TYPES)
+@pytest.mark.parametrize("value", EDGE_VALUES, ids=[ascii(v)[:20] for v in EDGE_VALUES])
+def test_values_either_side_of_the_one_pass_scan(codec, value, row_type):
+    rows = plain_rows(TRANSACTIONS, 5)
+    rows[3]["user_id"] = value
+    body = table_body(codec, rows, batch_number=7)
+    assert codec.decode_table_body(TRANSACTIONS.opcode, body, row_type) == (
+        7, 0, TRANSACTIONS.required_keys, expected_rows(TRANSACTIONS, rows, row_type))
+
+
+@pytest.mark.parametrize("row_type", ROW_TYPES)
+def test_header_bytes_outside_ascii(codec, row_type):
+    rows = plain_rows(TRANSACTIONS, 0xBF)  # the row count's low byte is not ASCII
+    body = table_body(codec, rows, batch_number=-1)
+    assert codec.decode_table_body(TRANSACTIONS.opcode, body, row_type)[::3] == (
+        -1, expected_rows(TRANSACTIONS, rows, row_type))
+
+
+@pytest.mark.parametrize("row_type", ROW_TYPES)
+@pytest.mark.parametrize("spec", TABLE_PARAMS)
+def test_rows_sharing_an_order_other_than_the_spec(codec, spec, row_type):
+    rows = plain_rows(spec, 12)
+    order = list(reversed(spec.required_keys))
+    pairs = [[(k, r[k]) for k in order] for r in rows]
+    expected = (0, 0, spec.required_keys, expected_rows(spec, rows, row_type))
+    assert codec.decode_table_body(spec.opcode, table_body(codec, pairs), row_type) == expected
+    pairs[5] = list(rows[5].items())  # one row back in spec order
+    assert codec.decode_table_body(spec.opcode, table_body(codec, pairs), row_type) == expected
+
+
 # -- decode errors ----------------------------------------------------------------------
 
 def patch_i32(body, offset, value):
@@ -252,6 +297,20 @@ DECODE_ERRORS = [
          "negative string length -1 at offset 31"),
     case("value-past-the-end", lambda c: patch_i32(table_body(c, [ROW, ROW]), 31, 10_000),
          f"truncated: need 10000 bytes at offset 35, have {2 * ROW_SIZE - 22}"),
+    # length prefixes that disagree with their values while every byte stays in place
+    case("last-value-length-over", lambda c: patch_i32(table_body(c, [ROW]), 9 + ROW_SIZE, 1),
+         f"truncated: need 1 bytes at offset {13 + ROW_SIZE}, have 0"),
+    case("last-value-length-under",
+         lambda c: patch_i32(table_body(c, [{**ROW, "available_to": "x"}]), 9 + ROW_SIZE, 0),
+         "1 trailing bytes after 1 rows"),
+    case("lengths-trade-a-byte",  # row 1: "coffee" claims 7 bytes, "6.0" 2; same total
+         lambda c: patch_i32(patch_i32(table_body(c, [ROW, ROW]), ROW_SIZE + 68, 7),
+                             ROW_SIZE + 87, 2),
+         f"truncated: need {0x70 << 24} bytes at offset {ROW_SIZE + 83}, have {ROW_SIZE - 70}"),
+    case("long-value-short-length",  # row 1: 300 bytes of "c" that claim to be 6
+         lambda c: patch_i32(table_body(c, [ROW, {**ROW, "category": "c" * 300}]),
+                             ROW_SIZE + 68, 6),
+         f"truncated: need {0x63636363} bytes at offset {ROW_SIZE + 82}, have {ROW_SIZE + 225}"),
     case("trailing-byte", lambda c: table_body(c, [ROW]) + b"\x00",
          "1 trailing bytes after 1 rows"),
     case("trailing-after-zero-rows", lambda c: table_body(c, []) + b"abcd",

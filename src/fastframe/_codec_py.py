@@ -10,6 +10,9 @@ the buffer given. Encoders return whole frames as ``bytes``.
 """
 from __future__ import annotations
 
+import functools
+import itertools
+import operator
 import re
 import struct
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -391,44 +394,93 @@ def _scan_rows(opcode: int, body: Any, projected: bool):
     return batch_number, status, keys, rows
 
 
-def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[list]:
-    """The rows of a valid full-key body, or ``None`` if anything is off.
+def _picker(picks: Tuple[int, ...]):
+    """A callable taking a row's values at ``picks`` as a tuple (itemgetter gives a
+    bare value for one pick, so fewer than two take the slow road)."""
+    if len(picks) > 1:
+        return operator.itemgetter(*picks)
+    return lambda values: tuple([values[i] for i in picks])
 
-    Optimistic: it checks only what decides the result is right (lengths,
-    keys, counts, bounds, UTF-8) and leaves naming the first error to
-    ``_scan_rows``, which callers run when this returns ``None``. An ASCII
-    body (the common case) is decoded once and sliced, one object per value.
-    """
+
+def _wire_order(opcode: int, body: bytes, n_keys: int) -> Optional[Tuple[int, ...]]:
+    """Row 0's keys as positions in the required keys, if it is a full row."""
     position = _KEY_POSITION[opcode]
-    # Lengths read unsigned: a negative one becomes a huge one, which runs past
-    # the end, and every overrun ends in an exception or in ``pos != size``.
-    unpack = _U32.unpack_from
-    # When every byte after the table header is ASCII, so is every value, and
-    # slicing one decoded copy of the body gives each value in one step.
-    text: Any = body.decode("latin-1") if body[13:].isascii() else None
-    rows: list = []
-    append = rows.append
-    pos = 13
+    order = []
     try:
-        for _ in range(n_rows):
-            if unpack(body, pos)[0] != n_keys:
-                return None
-            pos += 4
-            values: List[Any] = [None] * n_keys
-            for _ in range(n_keys):
-                # Keys are shorter than 256 bytes: the low length byte is the
-                # length, and the lookup rejects any other prefix.
-                start = pos + 4 + body[pos]
-                i = position[body[pos:start]]
-                pos = start + 4 + unpack(body, start)[0]
-                values[i] = (text[start + 4:pos] if text is not None
-                             else body[start + 4:pos].decode())
-            if None in values:
-                return None
-            append(values)
-    except (struct.error, KeyError, IndexError, UnicodeDecodeError):
+        if _U32.unpack_from(body, 13)[0] != n_keys:
+            return None
+        pos = 17
+        for _ in range(n_keys):
+            # Keys are shorter than 256 bytes: the low length byte is the
+            # length, and the lookup rejects any other prefix.
+            start = pos + 4 + body[pos]
+            order.append(position[body[pos:start]])
+            pos = start + 4 + _U32.unpack_from(body, start)[0]
+    except (struct.error, KeyError, IndexError):
         return None
-    return rows if pos == len(body) else None
+    return tuple(order) if len(set(order)) == n_keys else None
+
+
+@functools.lru_cache(maxsize=None)
+def _row_pattern(opcode: int, order: Tuple[int, ...]):
+    """``(regex, fixed, values_of, lengths_of)`` for full rows whose keys come in ``order``.
+
+    The regex matches one row of the body decoded as Latin-1, with each value's
+    low length byte and the value as groups: a value is a run of characters
+    from U+0020 up, so it ends where the next key's length prefix (a byte
+    below 0x20: keys are short) begins. ``fixed`` is a row's length less its
+    values; ``values_of`` / ``lengths_of`` take a match's values / length
+    characters in the table's key order.
+    """
+    keys = [TABLES_BY_OPCODE[opcode].required_keys[i] for i in order]
+    parts = [re.escape(_pack_i32(len(keys)).decode("latin-1"))]
+    fixed = 4
+    for key in keys:
+        wire_key = (_pack_i32(len(key)) + key.encode()).decode("latin-1")
+        parts.append(re.escape(wire_key) + "(.)\\x00\\x00\\x00([^\\x00-\\x1f]*)")
+        fixed += len(wire_key) + 4
+    slots = [order.index(i) for i in range(len(order))]  # key i's place on the wire
+    return (re.compile("".join(parts), re.DOTALL), fixed,
+            _picker(tuple(2 * j + 1 for j in slots)), _picker(tuple(2 * j for j in slots)))
+
+
+def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[list]:
+    """The rows (tuples) of a valid full-key body, or ``None`` if anything is off.
+
+    Optimistic and per batch, not per value: one regex pass finds every row
+    whose keys come in row 0's order, each value shorter than 256 bytes and
+    free of control characters (the common case); then the value lengths, the
+    row count and the total size are compared with the wire in bulk. When all
+    agree, each value's length prefix was right, so the regex parsed exactly
+    what a byte-by-byte reader would. Anything else -- and naming the first
+    error -- is left to ``_scan_rows``, which callers run when this returns
+    ``None``.
+    """
+    order = _wire_order(opcode, body, n_keys)
+    if order is None:
+        return None
+    regex, fixed, values_of, lengths_of = _row_pattern(opcode, order)
+    text = body.decode("latin-1")
+    found = regex.findall(text, 13)
+    if len(found) != n_rows:
+        return None
+    rows = list(map(values_of, found))
+    lengths = "".join(itertools.chain.from_iterable(map(lengths_of, found))).encode("latin-1")
+    try:
+        if lengths != bytes(map(len, itertools.chain.from_iterable(rows))):
+            return None  # some length prefix disagrees with its value
+    except ValueError:
+        return None  # a value of 256 bytes or more
+    if 13 + fixed * n_rows + sum(lengths) != len(body):
+        return None  # the rows do not cover the body: a gap or trailing bytes
+    if not body[13:].isascii():  # then values are Latin-1 text of UTF-8 bytes
+        try:
+            values = list(map(bytes.decode, map(str.encode, itertools.chain.from_iterable(rows),
+                                                itertools.repeat("latin-1"))))
+        except UnicodeDecodeError:
+            return None
+        rows = list(zip(*[iter(values)] * n_keys))
+    return rows
 
 
 def _table_rows(opcode: int, body: Any, projected: bool):
@@ -465,21 +517,17 @@ def decode_table_body(opcode: int, body: Any, row_type: str = "object",
         raise ValueError(f"row_type must be 'object', 'dict' or 'tuple', not {row_type!r}")
     picks = _column_indexes(spec, columns) if row_type == "tuple" else ()
     batch_number, status, keys, raw_rows = _table_rows(opcode, body, projected)
+    # Rows are built with map() over C callables: no Python frame per row.
     if row_type == "object":
-        new = tuple.__new__
-        cls = spec.row_class
-        rows: list = [new(cls, values) for values in raw_rows]
+        rows: list = list(map(tuple.__new__, itertools.repeat(spec.row_class), raw_rows))
     elif row_type == "tuple":
-        if picks == tuple(range(len(spec.required_keys))):
-            rows = list(map(tuple, raw_rows))  # every column, in order: one call per row
-        else:
-            rows = [tuple([values[i] for i in picks]) for values in raw_rows]
+        rows = list(map(tuple if picks == tuple(range(len(spec.required_keys)))
+                        else _picker(picks), raw_rows))
     else:
         picks = tuple(_KEY_INDEX[opcode][k] for k in keys)
-        if picks == tuple(range(len(picks))):
-            rows = [dict(zip(keys, values)) for values in raw_rows]
-        else:
-            rows = [dict(zip(keys, [values[i] for i in picks])) for values in raw_rows]
+        if picks != tuple(range(len(picks))):
+            raw_rows = map(_picker(picks), raw_rows)
+        rows = list(map(dict, map(zip, itertools.repeat(keys), raw_rows)))
     return batch_number, status, keys, rows
 
 
