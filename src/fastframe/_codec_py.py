@@ -797,11 +797,15 @@ def _fast_projection(opcode: int, body: bytes, n_rows: int, n_keys: int,
                      picks: Tuple[int, ...]) -> Optional[List[bytes]]:
     """Each projected row's wire bytes, copied from ``body``; ``None`` if anything is off.
 
-    The projection twin of ``_fast_rows``: the same checks, but values are
-    sliced as wire strings (length prefix included) instead of decoded.
+    Optimistic like ``_fast_rows``, but value by value: each key is one slice
+    and one lookup, each value is sliced as a wire string (length prefix
+    included) and never decoded, only checked as UTF-8 where the body is not
+    ASCII. Naming the first error is left to ``_scan_rows``.
     """
     position = _KEY_POSITION[opcode]
-    unpack = _U32.unpack_from  # unsigned, as in _fast_rows: overruns end the loop
+    # Lengths read unsigned: a negative one becomes a huge one, which runs past
+    # the end, and every overrun ends in an exception or in ``pos != len(body)``.
+    unpack = _U32.unpack_from
     # Valid UTF-8 only needs checking where some byte is not ASCII.
     check_utf8 = not body[13:].isascii()
     wire_keys = {i: key for key, i in position.items()}
@@ -817,6 +821,8 @@ def _fast_projection(opcode: int, body: bytes, n_rows: int, n_keys: int,
             pos += 4
             spans: List[Any] = [None] * n_keys
             for _ in range(n_keys):
+                # Keys are shorter than 256 bytes: the low length byte is the
+                # length, and the lookup rejects any other prefix.
                 start = pos + 4 + body[pos]
                 i = position[body[pos:start]]
                 pos = start + 4 + unpack(body, start)[0]
