@@ -441,52 +441,46 @@ cdef dict _u8_dict_at(const char* data, Py_ssize_t size, Py_ssize_t pos, object 
     return result
 
 
-def read_u8(buf, offset=0):
-    """``[u8]`` at ``offset`` -> ``(value, offset + 1)``."""
+cdef tuple _read_fixed(buf, offset, int width):
+    """The little-endian integer of ``width`` bytes (u8, u16, i32 or i64) at ``offset``."""
     cdef Py_buffer view
     cdef Py_ssize_t off = _offset(offset)
+    cdef const char* p
     _get_bytes(buf, &view)
     try:
-        _need(&view, off, 1, offset)
-        return (<const uint8_t*>view.buf)[off], off + 1
+        _need(&view, off, width, offset)
+        p = <const char*>view.buf + off
+        if width == 1:
+            value = (<const uint8_t*>p)[0]
+        elif width == 2:
+            value = ff_get_u16(p)
+        elif width == 4:
+            value = ff_get_i32(p)
+        else:
+            value = ff_get_i64(p)
+        return value, off + width
     finally:
         PyBuffer_Release(&view)
+
+
+def read_u8(buf, offset=0):
+    """``[u8]`` at ``offset`` -> ``(value, offset + 1)``."""
+    return _read_fixed(buf, offset, 1)
 
 
 def read_u16(buf, offset=0):
     """``[u16 LE]`` at ``offset`` -> ``(value, offset + 2)``."""
-    cdef Py_buffer view
-    cdef Py_ssize_t off = _offset(offset)
-    _get_bytes(buf, &view)
-    try:
-        _need(&view, off, 2, offset)
-        return ff_get_u16(<const char*>view.buf + off), off + 2
-    finally:
-        PyBuffer_Release(&view)
+    return _read_fixed(buf, offset, 2)
 
 
 def read_i32(buf, offset=0):
     """``[i32 LE]`` at ``offset`` -> ``(value, offset + 4)``."""
-    cdef Py_buffer view
-    cdef Py_ssize_t off = _offset(offset)
-    _get_bytes(buf, &view)
-    try:
-        _need(&view, off, 4, offset)
-        return ff_get_i32(<const char*>view.buf + off), off + 4
-    finally:
-        PyBuffer_Release(&view)
+    return _read_fixed(buf, offset, 4)
 
 
 def read_i64(buf, offset=0):
     """``[i64 LE]`` at ``offset`` -> ``(value, offset + 8)``."""
-    cdef Py_buffer view
-    cdef Py_ssize_t off = _offset(offset)
-    _get_bytes(buf, &view)
-    try:
-        _need(&view, off, 8, offset)
-        return ff_get_i64(<const char*>view.buf + off), off + 8
-    finally:
-        PyBuffer_Release(&view)
+    return _read_fixed(buf, offset, 8)
 
 
 def read_string(buf, offset=0):
