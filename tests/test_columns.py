@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastframe.errors import ProtocolError
 from fastframe.schema import TABLES_BY_NAME
@@ -60,6 +62,36 @@ def test_number_grammar(codec, text, dtype, value):
                                     {"quantity": dtype}).values()
     got = array.tolist()[0]
     assert (math.isnan(got) if isinstance(value, float) and math.isnan(value) else got == value)
+
+
+# Plain decimals either side of the C codec's short cut (at most 19 digits whose
+# value fits in 2**53, at most 22 after the point) and forms it leaves to the full
+# parser: every one must read as Python's float() does, to the last bit.
+DECIMAL_EDGES = ["0", "-0", "-0.0", "+0.5", "5.", "0.1", "0.3", "18.0", "1.7976931348623157",
+                 "9007199254740992", "9007199254740993", "9007199254740992.5",
+                 "1234567890123456789", "12345678901234567890", "0.0000000000000000000001",
+                 "0.00000000000000000000001", "123.4567890123456789012", "00000000000000000001.5",
+                 "3.14159265358979323846264338327950288", "2.2250738585072014e-308", "1e22",
+                 "1e23", "-.5E+3"]
+
+
+@pytest.mark.parametrize("text", DECIMAL_EDGES)
+def test_decimals_read_as_python_floats(codec, text):
+    rows = [dict(ITEM_ROWS[0], quantity=text)]
+    (array,) = codec.decode_columns(items_frame(codec, rows), ["quantity"],
+                                    {"quantity": "float64"}).values()
+    assert array[0].hex() == float(text).hex()
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.from_regex(r"[+-]?[0-9]{1,24}(\.[0-9]{0,26})?", fullmatch=True),
+                      min_size=1, max_size=20))
+def test_random_decimals_read_as_python_floats(codec, texts):
+    rows = [dict(ITEM_ROWS[0], quantity=text) for text in texts]
+    (array,) = codec.decode_columns(items_frame(codec, rows), ["quantity"],
+                                    {"quantity": "float64"}).values()
+    assert [x.hex() for x in array.tolist()] == [float(t).hex() for t in texts]
 
 
 @pytest.mark.parametrize("text, dtype", [

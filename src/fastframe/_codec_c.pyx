@@ -21,6 +21,7 @@ from cpython.unicode cimport (
 )
 from libc.stdint cimport (
     INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint16_t, uint64_t,
+    uintptr_t,
 )
 from libc.string cimport memchr, memcpy, memset
 
@@ -44,6 +45,7 @@ __all__ = [
 
 cdef extern from *:
     """
+    #include <float.h>
     #include <stdint.h>
     #include <string.h>
 
@@ -181,6 +183,43 @@ cdef extern from *:
     #  define ff_prefetch(p) ((void)(p))
     #endif
 
+    /* Plain decimals ([+-]?digits[.digits]) whose digits fit in 2**53 and with at
+       most 22 after the point: M / 10**k with both exact doubles, which one IEEE
+       division rounds correctly (Clinger's fast path), so the result is the
+       one PyOS_string_to_double gives. Anything else returns 0 for the full
+       parser. Only where doubles are evaluated as doubles (not x87). */
+    static inline int ff_simple_decimal(const char *p, Py_ssize_t n, double *out) {
+    #if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+        static const double pow10[23] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9,
+            1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+        Py_ssize_t i = 0, digits = 0, point = -1;
+        uint64_t m = 0;
+        int negative = 0;
+        double v;
+        if (i < n && (p[i] == '+' || p[i] == '-')) negative = p[i++] == '-';
+        if (i == n || p[i] < '0' || p[i] > '9') return 0;
+        for (; i < n; i++) {
+            if (p[i] >= '0' && p[i] <= '9') {
+                if (++digits > 19) return 0;
+                m = m * 10 + (uint64_t)(p[i] - '0');
+            } else if (p[i] == '.' && point < 0) {
+                point = i;
+            } else {
+                return 0;
+            }
+        }
+        if (m > ((uint64_t)1 << 53)) return 0;
+        Py_ssize_t k = point < 0 ? 0 : n - point - 1;
+        if (k > 22) return 0;
+        v = (double)m / pow10[k];
+        *out = negative ? -v : v;
+        return 1;
+    #else
+        (void)p; (void)n; (void)out;
+        return 0;
+    #endif
+    }
+
     /* Start loading a dict row's entry table (a few cache lines), so that reading
        its values later does not wait on memory. Prefetching never faults. */
     static inline void ff_prefetch_dict(PyObject *o) {
@@ -221,6 +260,7 @@ cdef extern from *:
     const char* ff_ascii_data(PyObject* s, Py_ssize_t* n) noexcept
     object ff_alloc_row(object cls, Py_ssize_t n)
     void ff_prefetch(const void* p) noexcept nogil
+    bint ff_simple_decimal(const char* p, Py_ssize_t n, double* out) noexcept
     void ff_prefetch_dict(PyObject* o) noexcept
 
 cdef extern from "Python.h":
@@ -1727,33 +1767,90 @@ cdef bint _parse_int64(const char* p, Py_ssize_t n, int64_t* out) noexcept:
     return True
 
 
-cdef _number_column(name, list rows, Py_ssize_t index, kind, np):
-    """A float64 or int64 array of column ``index`` of tuple rows, parsed as ``_codec_py`` does."""
+cdef _number_column(name, strings, kind, np):
+    """A float64 or int64 array parsed from a column of str, as ``_codec_py`` parses it."""
     cdef Py_buffer view
-    cdef Py_ssize_t r, n
+    cdef Py_ssize_t r, n, n_rows = len(strings)
+    cdef PyObject** slots = _object_slots(strings)
     cdef const char* p
     cdef bint ok, is_float = kind == "float64"
-    array = np.empty(len(rows), dtype=kind)
+    array = np.empty(n_rows, dtype=kind)
     PyObject_GetBuffer(array, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
     try:
-        for r in range(len(rows)):
-            value = <object>PyTuple_GET_ITEM(<object>PyList_GET_ITEM(rows, r), index)
+        for r in range(n_rows):
             # A str's characters end with a NUL, as PyOS_string_to_double wants.
-            p = ff_ascii_data(<PyObject*>value, &n)
+            p = ff_ascii_data(slots[r], &n)
             if p == NULL:
                 ok = False
+            elif n == 0 and is_float:
+                (<double*>view.buf)[r] = _NAN
+                ok = True
             elif is_float:
-                ok = n == 0 or _is_decimal(p, n)
-                if ok:
-                    (<double*>view.buf)[r] = (_NAN if n == 0 else
-                                              PyOS_string_to_double(p, NULL, NULL))
+                ok = ff_simple_decimal(p, n, <double*>view.buf + r)
+                if not ok and _is_decimal(p, n):
+                    (<double*>view.buf)[r] = PyOS_string_to_double(p, NULL, NULL)
+                    ok = True
             else:
                 ok = _parse_int64(p, n, <int64_t*>view.buf + r)
             if not ok:
-                raise ValueError(f"column {name!r}, row {r}: cannot parse {value!r} as {kind}")
+                raise ValueError(f"column {name!r}, row {r}: cannot parse "
+                                 f"{<object>slots[r]!r} as {kind}")
     finally:
         PyBuffer_Release(&view)
     return array
+
+
+cdef PyObject** _object_slots(array) except NULL:
+    """The item pointers of a 1-D numpy object array that ``np.empty`` just made.
+
+    Its address comes from ``__array_interface__`` (numpy's documented way to
+    share memory), which spares the build a dependency on numpy's C headers.
+    """
+    address = array.__array_interface__["data"][0]
+    return <PyObject**><uintptr_t>address
+
+
+cdef tuple _string_columns(opcode, const char* data, Py_ssize_t size, projected, np):
+    """Validate a table body as ``decode_table_body`` does (same errors) and
+    return ``(keys, columns)``: the keys the rows carry and, per table key, a
+    numpy object array of its values (``None`` for a key the batch leaves out).
+
+    Values go straight into the arrays' item slots: no row object in between.
+    """
+    cdef Scan s
+    cdef Row row
+    cdef StrCache cache
+    cdef Py_ssize_t r
+    cdef int j, k
+    cdef PyObject** slots[MAX_KEYS]
+    cdef PyObject* old
+    spec = _table_spec(opcode)
+    cdef tuple keys = spec.required_keys
+    cdef bint is_projection = projected
+    if _scan_start(&s, &_tables[<int>spec.opcode], data, size, is_projection) < 0:
+        _raise_scan_error(&s, opcode, keys)
+    memset(cache.length, 0, sizeof(cache.length))
+    # np.empty fills an object array with None; each slot's None is released
+    # as its value goes in.
+    columns = [np.empty(s.n_rows, dtype=object) for _ in keys]
+    for k in range(len(keys)):
+        slots[k] = _object_slots(columns[k])
+    for r in range(s.n_rows):
+        if _scan_row(&s, &row, r) < 0:
+            _raise_scan_error(&s, opcode, keys)
+        for j in range(s.n_present):
+            k = s.present_order[j]
+            value = _row_str(&s, &row, k, &cache)
+            Py_INCREF(value)
+            old = slots[k][r]
+            slots[k][r] = <PyObject*>value
+            Py_XDECREF(old)
+    if _scan_end(&s) < 0:
+        _raise_scan_error(&s, opcode, keys)
+    if not is_projection:
+        return keys, columns
+    present = tuple([keys[s.present_order[j]] for j in range(s.n_present)])
+    return present, [columns[k] if s.present >> k & 1 else None for k in range(len(keys))]
 
 
 def decode_columns(frame, columns=None, dtypes=None):
@@ -1772,7 +1869,12 @@ def decode_columns(frame, columns=None, dtypes=None):
         opcode, body = header[7], body[header[8]:]
     if opcode not in TABLES_BY_OPCODE:
         raise ProtocolError(f"decode_columns needs a table batch, got opcode {opcode}", opcode)
-    _, _, keys, rows = decode_table_body(opcode, body, "tuple", None, projected)
+    cdef Py_buffer data
+    _get_bytes(body, &data)
+    try:
+        keys, strings = _string_columns(opcode, <const char*>data.buf, data.len, projected, np)
+    finally:
+        PyBuffer_Release(&data)
     index = _KEY_INDEX[opcode]
     names = list(keys) if columns is None else list(columns)
     kinds = {name: "object" for name in names}
@@ -1785,12 +1887,8 @@ def decode_columns(frame, columns=None, dtypes=None):
         if name not in keys:
             raise ValueError(f"column {name!r} is not in the batch; it has {list(keys)}")
         kind = kinds[name]
-        if kind == "object":
-            array = np.empty(len(rows), dtype=object)
-            array[:] = [row[index[name]] for row in rows]
-        else:
-            array = _number_column(name, rows, index[name], kind, np)
-        result[name] = array
+        column = strings[index[name]]
+        result[name] = column if kind == "object" else _number_column(name, column, kind, np)
     return result
 
 
