@@ -44,3 +44,17 @@ def conformance_dir() -> Path:
     if not CONFORMANCE.is_dir():
         pytest.fail(f"conformance data not found at {CONFORMANCE}")
     return CONFORMANCE
+
+
+# The Go client's captures, read once and only by the tests that ask for them:
+# depending on ``conformance_dir`` marks those tests ``conformance``.
+@pytest.fixture(scope="session")
+def sample_c2s(conformance_dir) -> bytes:
+    """The client-to-orchestrator capture: 11 frames, every table then FINISHED."""
+    return (conformance_dir / "sample_c2s.bin").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def sample_s2c(conformance_dir) -> bytes:
+    """The orchestrator-to-client capture: 10 acks."""
+    return (conformance_dir / "sample_s2c.bin").read_bytes()

@@ -26,14 +26,22 @@ from fastframe.framing import BufferPool
 from fastframe.schema import DEFAULT_MAX_FRAME, MAX_BATCH_FRAME
 from wire import eof_body, frame, sample_rows, split_frames, table_body
 
-from conftest import CONFORMANCE  # noqa: E402  (one place, FASTFRAME_CONFORMANCE honoured)
-SAMPLE = (CONFORMANCE / "sample_c2s.bin").read_bytes()
 FINISHED_7 = b"\x03\x04\x00\x00\x00\x07\x00\x00\x00"
 
 
-SAMPLE_SPLIT = split_frames(SAMPLE)
-SAMPLE_FRAMES = [frame(op, body) for op, body in SAMPLE_SPLIT]
-assert len(SAMPLE_FRAMES) == 11
+# The capture (``sample_c2s``, conftest.py) comes through fixtures, never at
+# import: without the conformance data this module still collects, and only
+# the tests that use it are marked ``conformance``.
+@pytest.fixture(scope="module")
+def sample_split(sample_c2s) -> List[Tuple[int, bytes]]:
+    return split_frames(sample_c2s)
+
+
+@pytest.fixture(scope="module")
+def sample_frames(sample_split) -> List[bytes]:
+    frames = [frame(op, body) for op, body in sample_split]
+    assert len(frames) == 11
+    return frames
 
 
 def recv_msg_all(data: bytes) -> list:
@@ -55,8 +63,8 @@ def recv_msg_all(data: bytes) -> list:
 
 
 @pytest.fixture
-def expected(codec) -> list:
-    messages = recv_msg_all(SAMPLE)
+def expected(codec, sample_c2s) -> list:
+    messages = recv_msg_all(sample_c2s)
     assert len(messages) == 11
     return messages
 
@@ -135,14 +143,14 @@ def read_all_frames(reader: FrameReader) -> List[Tuple[int, bytes]]:
 
 # -- FrameReader ---------------------------------------------------------------------
 
-def test_reader_many_frames_in_one_recv(codec):
-    sock = FakeSocket(SAMPLE)
+def test_reader_many_frames_in_one_recv(codec, sample_c2s, sample_split):
+    sock = FakeSocket(sample_c2s)
     reader = FrameReader(sock)
     frames = []
     for _ in range(11):
         opcode, body = reader.read_frame()
         frames.append((opcode, bytes(body)))  # a body is valid until the next call
-    assert frames == SAMPLE_SPLIT
+    assert frames == sample_split
     assert sock.calls == 1  # 11 frames, one recv_into: never one call per frame or field
     assert reader.read_frame() is None
     assert sock.calls == 2
@@ -151,53 +159,54 @@ def test_reader_many_frames_in_one_recv(codec):
 
 @pytest.mark.parametrize("buffer_size", [16, 1024, 256 * 1024])
 @pytest.mark.parametrize("chunker", CHUNKINGS)
-def test_reader_frames_however_the_stream_is_cut(codec, chunker, buffer_size):
-    sock = FakeSocket(SAMPLE, chunker())
+def test_reader_frames_however_the_stream_is_cut(codec, sample_c2s, sample_split, chunker,
+                                                  buffer_size):
+    sock = FakeSocket(sample_c2s, chunker())
     frames = read_all_frames(FrameReader(sock, buffer_size=buffer_size))
-    assert frames == SAMPLE_SPLIT
+    assert frames == sample_split
 
 
 @pytest.mark.parametrize("buffer_size", [16, 256 * 1024])
 @pytest.mark.parametrize("chunker", CHUNKINGS)
-def test_reader_messages_equal_recv_msg(codec, expected, chunker, buffer_size):
-    reader = FrameReader(FakeSocket(SAMPLE, chunker()), buffer_size=buffer_size)
+def test_reader_messages_equal_recv_msg(codec, sample_c2s, expected, chunker, buffer_size):
+    reader = FrameReader(FakeSocket(sample_c2s, chunker()), buffer_size=buffer_size)
     messages = []
     while (msg := reader.read_message()) is not None:
         messages.append(msg)
     assert messages == expected
 
 
-def test_reader_one_byte_at_a_time_calls(codec):
-    sock = FakeSocket(SAMPLE, one_byte())
-    assert read_all_frames(FrameReader(sock)) == SAMPLE_SPLIT
-    assert sock.calls == len(SAMPLE) + 1
+def test_reader_one_byte_at_a_time_calls(codec, sample_c2s, sample_split):
+    sock = FakeSocket(sample_c2s, one_byte())
+    assert read_all_frames(FrameReader(sock)) == sample_split
+    assert sock.calls == len(sample_c2s) + 1
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_reader_one_recv_into_per_chunk(codec, seed):
+def test_reader_one_recv_into_per_chunk(codec, sample_c2s, sample_split, seed):
     rng = random.Random(seed)
     sizes = []
-    while sum(sizes) < len(SAMPLE):
+    while sum(sizes) < len(sample_c2s):
         sizes.append(rng.randint(1, 2000))
-    sock = FakeSocket(SAMPLE, listed(sizes))
-    assert read_all_frames(FrameReader(sock)) == SAMPLE_SPLIT
+    sock = FakeSocket(sample_c2s, listed(sizes))
+    assert read_all_frames(FrameReader(sock)) == sample_split
     assert sock.calls == len(sizes) + 1  # every chunk, then the close
 
 
-def test_reader_iterates_frames(codec):
-    reader = FrameReader(FakeSocket(SAMPLE, random_chunks(7)))
-    assert [(op, bytes(body)) for op, body in reader] == SAMPLE_SPLIT
+def test_reader_iterates_frames(codec, sample_c2s, sample_split):
+    reader = FrameReader(FakeSocket(sample_c2s, random_chunks(7)))
+    assert [(op, bytes(body)) for op, body in reader] == sample_split
 
 
-def test_reader_over_a_real_socket(codec, expected):
+def test_reader_over_a_real_socket(codec, sample_c2s, sample_split, expected):
     peer, sock = socket.socketpair()
     sock.settimeout(5)
     try:
-        peer.sendall(SAMPLE + SAMPLE)
+        peer.sendall(sample_c2s + sample_c2s)
         peer.shutdown(socket.SHUT_WR)
         reader = FrameReader(sock, buffer_size=64)
         assert [reader.read_message() for _ in range(11)] == expected
-        assert read_all_frames(reader) == SAMPLE_SPLIT
+        assert read_all_frames(reader) == sample_split
         assert reader.read_frame() is None
     finally:
         peer.close()
@@ -228,9 +237,9 @@ def _big_frames(codec) -> List[bytes]:
     pytest.param(whole, id="one-chunk"),
     pytest.param(lambda: random_chunks(5, 100_000), id="random"),
 ])
-def test_reader_frames_larger_than_its_buffer(codec, chunker):
+def test_reader_frames_larger_than_its_buffer(codec, sample_frames, chunker):
     big = _big_frames(codec)
-    stream = FINISHED_7 + big[0] + SAMPLE_FRAMES[2] + big[1] + big[2] + FINISHED_7
+    stream = FINISHED_7 + big[0] + sample_frames[2] + big[1] + big[2] + FINISHED_7
     reader = FrameReader(FakeSocket(stream, chunker()), buffer_size=16)
     assert len(reader._buf.data) == 16
     assert read_all_frames(reader) == split_frames(stream)
@@ -252,18 +261,21 @@ def test_reader_clean_close_before_any_frame(codec):
     assert list(reader) == []
 
 
+# A cut is counted from the end of the first frame, or if negative from the end
+# of the capture: the data is a fixture, so its lengths are unknown here.
 @pytest.mark.parametrize("cut", [
-    pytest.param(len(SAMPLE_FRAMES[0]) + 1, id="inside-header"),
-    pytest.param(len(SAMPLE_FRAMES[0]) + 4, id="header-less-one"),
-    pytest.param(len(SAMPLE_FRAMES[0]) + 5, id="header-only"),
-    pytest.param(len(SAMPLE_FRAMES[0]) + 40, id="inside-body"),
-    pytest.param(len(SAMPLE) - 1, id="last-byte-missing"),
+    pytest.param(1, id="inside-header"),
+    pytest.param(4, id="header-less-one"),
+    pytest.param(5, id="header-only"),
+    pytest.param(40, id="inside-body"),
+    pytest.param(-1, id="last-byte-missing"),
 ])
 @pytest.mark.parametrize("chunker", [pytest.param(whole, id="one-chunk"),
                                      pytest.param(one_byte, id="one-byte")])
-def test_reader_close_inside_a_frame(codec, cut, chunker):
-    data = SAMPLE[:cut]
-    complete = split_frames(b"".join(SAMPLE_FRAMES[:_frames_before(cut)]))
+def test_reader_close_inside_a_frame(codec, sample_c2s, sample_frames, cut, chunker):
+    cut = len(sample_c2s) + cut if cut < 0 else len(sample_frames[0]) + cut
+    data = sample_c2s[:cut]
+    complete = split_frames(b"".join(sample_frames[:_frames_before(sample_frames, cut)]))
     reader = FrameReader(FakeSocket(data, chunker()), buffer_size=32)
     for want in complete:
         opcode, body = reader.read_frame()
@@ -272,9 +284,9 @@ def test_reader_close_inside_a_frame(codec, cut, chunker):
         reader.read_frame()
 
 
-def _frames_before(cut: int) -> int:
+def _frames_before(frames: List[bytes], cut: int) -> int:
     total, n = 0, 0
-    for f in SAMPLE_FRAMES:
+    for f in frames:
         if total + len(f) > cut:
             return n
         total += len(f)
@@ -296,12 +308,12 @@ BAD_HEADERS = [
 @pytest.mark.parametrize("header,max_frame", BAD_HEADERS)
 @pytest.mark.parametrize("chunker", [pytest.param(whole, id="one-chunk"),
                                      pytest.param(one_byte, id="one-byte")])
-def test_reader_bad_header(codec, header, max_frame, chunker):
-    stream = SAMPLE_FRAMES[0] + SAMPLE_FRAMES[1] + header + bytes(64) + FINISHED_7
+def test_reader_bad_header(codec, sample_split, sample_frames, header, max_frame, chunker):
+    stream = sample_frames[0] + sample_frames[1] + header + bytes(64) + FINISHED_7
     kwargs = {} if max_frame is None else {"max_frame": max_frame}
     reader = FrameReader(FakeSocket(stream, chunker()), **kwargs)
     assert [(op, bytes(b)) for op, b in (reader.read_frame(), reader.read_frame())] == \
-        SAMPLE_SPLIT[:2]
+        sample_split[:2]
     with pytest.raises(ProtocolError) as info:
         reader.read_frame()
     assert info.value.opcode == header[0]
@@ -328,16 +340,16 @@ def test_reader_refuses_an_oversized_frame_before_allocating(codec, length, max_
     assert len(reader._buf.data) == 16  # nothing was reserved for the body
 
 
-def test_reader_accepts_a_frame_of_exactly_max_frame(codec):
-    data = SAMPLE_FRAMES[4]
+def test_reader_accepts_a_frame_of_exactly_max_frame(codec, sample_split, sample_frames):
+    data = sample_frames[4]
     reader = FrameReader(FakeSocket(data + FINISHED_7), max_frame=len(data) - 5)
     opcode, body = reader.read_frame()
-    assert (opcode, bytes(body)) == SAMPLE_SPLIT[4]
+    assert (opcode, bytes(body)) == sample_split[4]
     assert reader.read_message() == Finished(7)
 
 
-def test_reader_memoryview_bodies(codec):
-    stream = b"\x01\x00\x00\x00\x00" + SAMPLE_FRAMES[10] + SAMPLE_FRAMES[0]
+def test_reader_memoryview_bodies(codec, sample_split, sample_frames):
+    stream = b"\x01\x00\x00\x00\x00" + sample_frames[10] + sample_frames[0]
     reader = FrameReader(FakeSocket(stream))
     opcode, body = reader.read_frame()
     assert (opcode, type(body), len(body)) == (1, memoryview, 0)
@@ -345,8 +357,8 @@ def test_reader_memoryview_bodies(codec):
     assert (opcode, body.tobytes()) == (3, b"\x01\x00\x00\x00")
     assert body.cast("B")[0] == 1
     opcode, body = reader.read_frame()
-    assert body.nbytes == len(SAMPLE_SPLIT[0][1])
-    assert body == SAMPLE_SPLIT[0][1]
+    assert body.nbytes == len(sample_split[0][1])
+    assert body == sample_split[0][1]
 
 
 @pytest.fixture
@@ -357,9 +369,10 @@ def socket_pair():
     sock.close()
 
 
-def test_reader_timeouts_do_not_disturb_a_prompt_stream(codec, expected, socket_pair):
+def test_reader_timeouts_do_not_disturb_a_prompt_stream(codec, sample_c2s, expected,
+                                                        socket_pair):
     peer, sock = socket_pair
-    peer.sendall(SAMPLE)
+    peer.sendall(sample_c2s)
     peer.shutdown(socket.SHUT_WR)
     reader = FrameReader(sock, buffer_size=64, idle_timeout=0.5, frame_timeout=0.5)
     assert [reader.read_message() for _ in range(11)] == expected
@@ -379,9 +392,9 @@ def test_reader_idle_timeout(codec, socket_pair, sent):
     assert 0.15 <= time.monotonic() - started < 2.0
 
 
-def test_reader_frame_timeout_against_a_trickling_peer(codec, socket_pair):
+def test_reader_frame_timeout_against_a_trickling_peer(codec, sample_frames, socket_pair):
     peer, sock = socket_pair
-    data = SAMPLE_FRAMES[0]
+    data = sample_frames[0]
     stop = threading.Event()
 
     def trickle() -> None:  # one byte every 20 ms: never idle, never done
@@ -439,16 +452,16 @@ FEEDS = [
 
 
 @pytest.mark.parametrize("split", FEEDS)
-def test_decoder_feeds_equal_recv_msg(codec, expected, split):
+def test_decoder_feeds_equal_recv_msg(codec, sample_c2s, expected, split):
     decoder = FrameDecoder()
-    assert feed_all(decoder, split(SAMPLE)) == expected
+    assert feed_all(decoder, split(sample_c2s)) == expected
     assert decoder.pending == 0
     assert decoder.feed(b"") == []
 
 
-def test_decoder_returns_each_message_as_soon_as_it_is_complete(codec, expected):
+def test_decoder_returns_each_message_as_soon_as_it_is_complete(codec, sample_frames, expected):
     decoder = FrameDecoder()
-    for data, msg in zip(SAMPLE_FRAMES, expected):
+    for data, msg in zip(sample_frames, expected):
         assert decoder.feed(data[:-1]) == []
         assert decoder.pending == len(data) - 1
         assert decoder.feed(data[-1:]) == [msg]
@@ -456,31 +469,31 @@ def test_decoder_returns_each_message_as_soon_as_it_is_complete(codec, expected)
 
 
 @pytest.mark.parametrize("split", FEEDS)
-def test_decoder_frames_raw(codec, split):
+def test_decoder_frames_raw(codec, sample_c2s, sample_split, split):
     decoder = FrameDecoder()
     frames = []
-    for piece in split(SAMPLE):
+    for piece in split(sample_c2s):
         frames.extend(decoder.frames(piece))
-    assert frames == SAMPLE_SPLIT
+    assert frames == sample_split
     assert all(type(body) is bytes for _, body in frames)
     assert decoder.pending == 0
 
 
-def test_decoder_pending(codec):
+def test_decoder_pending(codec, sample_frames):
     decoder = FrameDecoder()
     assert decoder.pending == 0
-    assert decoder.feed(SAMPLE_FRAMES[0] + SAMPLE_FRAMES[1][:3]) != []
+    assert decoder.feed(sample_frames[0] + sample_frames[1][:3]) != []
     assert decoder.pending == 3
-    assert decoder.feed(SAMPLE_FRAMES[1][3:20]) == []
+    assert decoder.feed(sample_frames[1][3:20]) == []
     assert decoder.pending == 20
-    assert len(decoder.feed(SAMPLE_FRAMES[1][20:] + SAMPLE_FRAMES[2])) == 2
+    assert len(decoder.feed(sample_frames[1][20:] + sample_frames[2])) == 2
     assert decoder.pending == 0
     assert list(decoder.frames(FINISHED_7[:5])) == []
     assert decoder.pending == 5
 
 
-def test_decoder_row_type(codec):
-    rows = FrameDecoder(row_type="dict").feed(SAMPLE_FRAMES[0])[0].rows
+def test_decoder_row_type(codec, sample_frames):
+    rows = FrameDecoder(row_type="dict").feed(sample_frames[0])[0].rows
     assert rows[0] == {"product_id": "1", "name": "Espresso", "category": "coffee",
                        "price": "6.0", "is_seasonal": "False", "available_from": "",
                        "available_to": ""}
@@ -504,8 +517,8 @@ INVALID_FRAMES = [
 
 
 @pytest.mark.parametrize("build,opcode", INVALID_FRAMES)
-def test_decoder_invalid_frame_in_the_middle(codec, expected, build, opcode):
-    stream = b"".join(SAMPLE_FRAMES[:3]) + build(codec) + b"".join(SAMPLE_FRAMES[3:])
+def test_decoder_invalid_frame_in_the_middle(codec, sample_frames, expected, build, opcode):
+    stream = b"".join(sample_frames[:3]) + build(codec) + b"".join(sample_frames[3:])
     decoder = FrameDecoder()
     with pytest.raises(ProtocolError) as info:
         decoder.feed(stream)
@@ -518,9 +531,9 @@ def test_decoder_invalid_frame_in_the_middle(codec, expected, build, opcode):
 
 @pytest.mark.parametrize("build,opcode", INVALID_FRAMES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_decoder_invalid_frame_raises_once_whatever_the_pieces(codec, expected, build, opcode,
-                                                               seed):
-    stream = b"".join(SAMPLE_FRAMES[:5]) + build(codec) + b"".join(SAMPLE_FRAMES[5:])
+def test_decoder_invalid_frame_raises_once_whatever_the_pieces(codec, sample_frames, expected,
+                                                               build, opcode, seed):
+    stream = b"".join(sample_frames[:5]) + build(codec) + b"".join(sample_frames[5:])
     decoder = FrameDecoder()
     got, errors = [], []
     for piece in random_pieces(stream, seed, 60) + [b""]:
@@ -532,10 +545,10 @@ def test_decoder_invalid_frame_raises_once_whatever_the_pieces(codec, expected, 
     assert got == expected
 
 
-def test_decoder_two_invalid_frames_back_to_back(codec, expected):
+def test_decoder_two_invalid_frames_back_to_back(codec, sample_frames, expected):
     bad = frame(3, b"") + frame(2, b"xy")
     decoder = FrameDecoder()
-    stream = b"".join(SAMPLE_FRAMES[:2]) + bad + b"".join(SAMPLE_FRAMES[2:])
+    stream = b"".join(sample_frames[:2]) + bad + b"".join(sample_frames[2:])
     with pytest.raises(ProtocolError) as first:
         decoder.feed(stream)
     assert decoder.feed(b"") == expected[:2]
@@ -551,10 +564,10 @@ def test_decoder_two_invalid_frames_back_to_back(codec, expected):
     pytest.param(struct.pack("<Bi", 4, 2**31 - 1), id="over-max-frame"),
 ])
 @pytest.mark.parametrize("whole_feed", [True, False], ids=["whole", "byte-by-byte"])
-def test_decoder_undelimitable_header_raises_on_every_later_feed(codec, expected, header,
-                                                                 whole_feed):
-    head = b"".join(SAMPLE_FRAMES[:2])
-    stream = head + header + b"".join(SAMPLE_FRAMES[2:])
+def test_decoder_undelimitable_header_raises_on_every_later_feed(codec, sample_frames, expected,
+                                                                 header, whole_feed):
+    head = b"".join(sample_frames[:2])
+    stream = head + header + b"".join(sample_frames[2:])
     decoder = FrameDecoder()
     if whole_feed:
         with pytest.raises(ProtocolError):
@@ -567,7 +580,7 @@ def test_decoder_undelimitable_header_raises_on_every_later_feed(codec, expected
             assert decoder.feed(stream[i:i + 1]) == []
         with pytest.raises(ProtocolError):
             decoder.feed(stream[len(head) + 4:])
-    for more in (b"", FINISHED_7, SAMPLE_FRAMES[0]):
+    for more in (b"", FINISHED_7, sample_frames[0]):
         with pytest.raises(ProtocolError) as info:
             decoder.feed(more)
         assert info.value.opcode == header[0]
@@ -585,8 +598,8 @@ def test_decoder_refuses_an_oversized_frame_before_allocating(codec, length, max
     assert len(decoder._buf.data) == size
 
 
-def test_decoder_max_frame_boundary(codec):
-    data = SAMPLE_FRAMES[1]
+def test_decoder_max_frame_boundary(codec, sample_frames):
+    data = sample_frames[1]
     assert FrameDecoder(max_frame=len(data) - 5).feed(data) == [EOFMessage(0, "menu_items")]
     with pytest.raises(ProtocolError):
         FrameDecoder(max_frame=len(data) - 6).feed(data)
@@ -607,22 +620,24 @@ def test_decoder_frames_larger_than_its_buffer(codec, piece):
 
 _SETTINGS = settings(max_examples=60, deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture])
-_CUTS = st.lists(st.integers(1, len(SAMPLE) - 1), max_size=30)
 
 
 @_SETTINGS
-@given(cuts=_CUTS)
-def test_decoder_any_chunking_gives_recv_msg_messages(codec, expected, cuts):
+@given(data=st.data())
+def test_decoder_any_chunking_gives_recv_msg_messages(codec, sample_c2s, expected, data):
+    # Drawn here, not in @given: the bound is the capture's length, known only to the test.
+    cuts = data.draw(st.lists(st.integers(1, len(sample_c2s) - 1), max_size=30), label="cuts")
     decoder = FrameDecoder()
-    assert feed_all(decoder, cuts_to_pieces(SAMPLE, cuts)) == expected
+    assert feed_all(decoder, cuts_to_pieces(sample_c2s, cuts)) == expected
     assert decoder.pending == 0
 
 
 @_SETTINGS
 @given(sizes=st.lists(st.integers(1, 2000), max_size=30),
        buffer_size=st.sampled_from([5, 16, 300, 256 * 1024]))
-def test_reader_any_chunking_gives_recv_msg_messages(codec, expected, sizes, buffer_size):
-    reader = FrameReader(FakeSocket(SAMPLE, listed(sizes)), buffer_size=buffer_size)
+def test_reader_any_chunking_gives_recv_msg_messages(codec, sample_c2s, expected, sizes,
+                                                     buffer_size):
+    reader = FrameReader(FakeSocket(sample_c2s, listed(sizes)), buffer_size=buffer_size)
     messages = []
     while (msg := reader.read_message()) is not None:
         messages.append(msg)
@@ -650,10 +665,11 @@ def test_reader_timeouts_say_which_one_fired(codec, data, message):
     pytest.param(whole, id="one-chunk"),
     pytest.param(lambda: random_chunks(7, 100_000), id="random"),
 ])
-def test_reader_borrows_a_pool_buffer_for_a_big_frame_and_gives_it_back(codec, chunker):
+def test_reader_borrows_a_pool_buffer_for_a_big_frame_and_gives_it_back(codec, sample_frames,
+                                                                         chunker):
     big = _big_frames(codec)
     pool = BufferPool(1)
-    stream = FINISHED_7 + big[0] + SAMPLE_FRAMES[2] + FINISHED_7
+    stream = FINISHED_7 + big[0] + sample_frames[2] + FINISHED_7
     reader = FrameReader(FakeSocket(stream, chunker()), buffer_size=4096, buffer_pool=pool)
     expected = split_frames(stream)
     assert bytes(reader.read_frame()[1]) == expected[0][1]
@@ -668,9 +684,9 @@ def test_reader_borrows_a_pool_buffer_for_a_big_frame_and_gives_it_back(codec, c
     assert len(reader._buf.data) == 4096
 
 
-def test_reader_pool_with_frames_around_its_own_buffer_size(codec):
+def test_reader_pool_with_frames_around_its_own_buffer_size(codec, sample_split):
     pool = BufferPool(1)
-    frames = [frame(*f) for f in SAMPLE_SPLIT]
+    frames = [frame(*f) for f in sample_split]
     stream = b"".join(frames)
     big = max(len(f) for f in frames)
     reader = FrameReader(FakeSocket(stream), buffer_size=big - 1, buffer_pool=pool)

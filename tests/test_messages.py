@@ -13,7 +13,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -28,10 +28,8 @@ from fastframe import (  # the public import line an orchestrator uses
     TableMessage,
 )
 
-from conftest import CONFORMANCE  # noqa: E402  (one place, FASTFRAME_CONFORMANCE honoured)
-SAMPLE_C2S = (CONFORMANCE / "sample_c2s.bin").read_bytes()
-SAMPLE_S2C = (CONFORMANCE / "sample_s2c.bin").read_bytes()
 GOLDEN_DIRS = ("golden_sample", "golden")
+SAMPLE_FRAME_COUNT = 11  # frames in sample_c2s.bin (the ids below count on it; checked)
 TIMEOUT = 5.0
 
 TABLE_CLASSES = {
@@ -102,17 +100,42 @@ def expected_eof_frame(batch_number: int, table_type: str) -> bytes:
     return frame(Opcodes.EOF, body)
 
 
-SAMPLE_FRAMES = whole_frames(SAMPLE_C2S)
-SAMPLE_EOF = {parse_table_body(f[5:])[2][0][0][1]: f for f in SAMPLE_FRAMES if f[0] == 9}
+# -- the conformance data, through fixtures --------------------------------------
+#
+# Never read at import: without the data this module still collects, and only
+# the tests that ask for these fixtures (all built on ``conformance_dir``) are
+# marked ``conformance``. A parameter that needs the data in a test whose other
+# parameters do not is a ``conformance_param``: marked by hand, and fetched with
+# ``request.getfixturevalue`` when it runs, so the other parameters run without it.
+
+@pytest.fixture(scope="module")
+def sample_frames(sample_c2s) -> List[bytes]:
+    frames = whole_frames(sample_c2s)
+    assert len(frames) == SAMPLE_FRAME_COUNT
+    return frames
 
 
-def golden(dirname: str, table: str) -> Tuple[Dict[str, Any], bytes, bytes]:
-    """``(manifest vector, input frame, databatch frame)`` for one table of one golden set."""
-    base = CONFORMANCE / dirname
-    manifest = json.loads((base / "manifest.json").read_text())
-    vector = next(v for v in manifest["vectors"] if v["table"] == table)
-    return (vector, (base / vector["input_file"]).read_bytes(),
-            (base / vector["databatch_file"]).read_bytes())
+@pytest.fixture(scope="module")
+def sample_eof(sample_frames) -> Dict[str, bytes]:
+    """The capture's EOF frames by table."""
+    return {parse_table_body(f[5:])[2][0][0][1]: f for f in sample_frames if f[0] == 9}
+
+
+@pytest.fixture(scope="module")
+def golden(conformance_dir) -> Callable[[str, str], Tuple[Dict[str, Any], bytes, bytes]]:
+    def load(dirname: str, table: str) -> Tuple[Dict[str, Any], bytes, bytes]:
+        """``(manifest vector, input frame, databatch frame)`` for one table of one golden set."""
+        base = conformance_dir / dirname
+        manifest = json.loads((base / "manifest.json").read_text())
+        vector = next(v for v in manifest["vectors"] if v["table"] == table)
+        return (vector, (base / vector["input_file"]).read_bytes(),
+                (base / vector["databatch_file"]).read_bytes())
+    return load
+
+
+def conformance_param(*values: Any, id: str) -> Any:
+    """A parameter built from the conformance data (by a function of ``getfixturevalue``)."""
+    return pytest.param(*values, id=id, marks=pytest.mark.conformance)
 
 
 def expected_rows(table: str, input_frame: bytes, keep: Optional[List[str]] = None) -> list:
@@ -217,14 +240,14 @@ def test_public_import_line(codec):
 
 # -- recv_msg: every message kind ---------------------------------------------
 
-def test_recv_msg_sample_capture_in_a_loop(codec, link):
-    messages = recv_all(link, SAMPLE_C2S)
+def test_recv_msg_sample_capture_in_a_loop(codec, link, sample_c2s, sample_frames):
+    messages = recv_all(link, sample_c2s)
     kinds = [type(m) for m in messages]
     assert kinds == [NewMenuItems, EOFMessage, NewStores, EOFMessage, NewTransactionItems,
                      EOFMessage, NewTransactions, EOFMessage, NewUsers, EOFMessage, Finished]
     tables = messages[0:10:2]
     eofs = messages[1:10:2]
-    for name, msg, eof, raw in zip(TABLE_NAMES, tables, eofs, SAMPLE_FRAMES[0:10:2]):
+    for name, msg, eof, raw in zip(TABLE_NAMES, tables, eofs, sample_frames[0:10:2]):
         assert msg.rows == expected_rows(name, raw)
         assert msg.amount == len(msg.rows) == struct.unpack_from("<i", raw, 5)[0]
         assert (msg.batch_number, msg.batch_status) == (1, BatchStatus.EOF)
@@ -239,7 +262,7 @@ def test_recv_msg_sample_capture_in_a_loop(codec, link):
 
 @pytest.mark.parametrize("dirname", GOLDEN_DIRS)
 @pytest.mark.parametrize("table", TABLE_NAMES)
-def test_recv_msg_table_batch(codec, link, dirname, table):
+def test_recv_msg_table_batch(codec, link, golden, dirname, table):
     vector, input_frame, _ = golden(dirname, table)
     msg = round_trip(link, input_frame + FINISHED_7)
     cls, row_class = TABLE_CLASSES[table]
@@ -254,8 +277,8 @@ def test_recv_msg_table_batch(codec, link, dirname, table):
 
 
 @pytest.mark.parametrize("table", TABLE_NAMES)
-def test_recv_msg_eof(codec, link, table):
-    msg = round_trip(link, SAMPLE_EOF[table])
+def test_recv_msg_eof(codec, link, sample_eof, table):
+    msg = round_trip(link, sample_eof[table])
     assert type(msg) is EOFMessage
     assert msg.get_table_type() == msg.table_type == table
     assert (msg.rows, msg.amount, msg.batch_status, msg.batch_number) == ([], 1, BatchStatus.EOF, 0)
@@ -270,8 +293,8 @@ def test_recv_msg_finished(codec, link, agency_id):
     assert msg.opcode == Opcodes.FINISHED
 
 
-def test_recv_msg_acks_from_the_capture(codec, link):
-    messages = recv_all(link, SAMPLE_S2C)
+def test_recv_msg_acks_from_the_capture(codec, link, sample_s2c):
+    messages = recv_all(link, sample_s2c)
     assert len(messages) == 10
     assert all(type(m) is BatchRecvSuccess for m in messages)
 
@@ -286,7 +309,7 @@ def test_recv_msg_ack(codec, link, opcode, cls):
 
 @pytest.mark.parametrize("dirname", GOLDEN_DIRS)
 @pytest.mark.parametrize("table", TABLE_NAMES)
-def test_recv_msg_databatch_with_projected_body(codec, link, dirname, table):
+def test_recv_msg_databatch_with_projected_body(codec, link, golden, dirname, table):
     vector, input_frame, data = golden(dirname, table)
     msg = round_trip(link, data + FINISHED_7)
     assert type(msg) is DataBatch
@@ -341,8 +364,8 @@ def test_recv_msg_clean_close_after_the_last_frame(codec, link):
 
 
 @pytest.mark.parametrize("cut", [1, 3, 4, 5, 6, 12, 1211])
-def test_recv_msg_close_inside_a_frame(codec, link, cut):
-    data = SAMPLE_FRAMES[0]  # 1212 bytes
+def test_recv_msg_close_inside_a_frame(codec, link, sample_frames, cut):
+    data = sample_frames[0]  # 1212 bytes
     link.send(data[:cut], close=True)
     with pytest.raises(EOFError):
         recv_msg(link.sock)
@@ -527,9 +550,10 @@ def test_table_message_write_to(codec, link, table):
     assert recv_msg(link.sock) == msg
 
 
-@pytest.mark.parametrize("batch_number", [0, 1, 12, -1, 2**63 - 1, -2**63])
+@pytest.mark.parametrize("batch_number", [conformance_param(0, id="0"), 1, 12, -1, 2**63 - 1,
+                                          -2**63])
 @pytest.mark.parametrize("table", TABLE_NAMES)
-def test_eof_message_create_to_bytes(codec, link, table, batch_number):
+def test_eof_message_create_to_bytes(codec, link, request, table, batch_number):
     msg = EOFMessage.create_eof_message(batch_number, table)
     assert type(msg) is EOFMessage
     assert (msg.get_table_type(), msg.batch_number, msg.rows, msg.amount, msg.batch_status) == (
@@ -537,7 +561,7 @@ def test_eof_message_create_to_bytes(codec, link, table, batch_number):
     data = msg.to_bytes()
     assert data == expected_eof_frame(batch_number, table)
     if batch_number == 0:
-        assert data == SAMPLE_EOF[table]  # what the Go client sends
+        assert data == request.getfixturevalue("sample_eof")[table]  # what the Go client sends
     received = round_trip(link, data)
     assert received == msg
     assert received.get_table_type() == table
@@ -552,9 +576,9 @@ def test_finished_to_bytes(codec, link, agency_id):
     assert round_trip(link, data) == msg
 
 
-def test_finished_matches_the_capture(codec):
+def test_finished_matches_the_capture(codec, sample_frames):
     assert Finished(7).to_bytes() == FINISHED_7
-    assert Finished(1).to_bytes() == SAMPLE_FRAMES[-1]
+    assert Finished(1).to_bytes() == sample_frames[-1]
 
 
 @pytest.mark.parametrize("cls,wire", [(BatchRecvSuccess, b"\x01\x00\x00\x00\x00"),
@@ -567,8 +591,8 @@ def test_ack_write_to(codec, link, cls, wire):
     assert type(recv_msg(link.sock)) is cls
 
 
-def test_acks_match_the_capture(codec):
-    assert BatchRecvSuccess().to_bytes() * 10 == SAMPLE_S2C
+def test_acks_match_the_capture(codec, sample_s2c):
+    assert BatchRecvSuccess().to_bytes() * 10 == sample_s2c
 
 
 def _embedded_cases():
@@ -768,7 +792,7 @@ class Custom:
 
 
 @pytest.mark.parametrize("table", TABLE_NAMES)
-def test_table_message_base_constructor(codec, link, table):
+def test_table_message_base_constructor(codec, link, golden, table):
     spec = TABLES_BY_NAME[table]
     msg = TableMessage(spec.opcode, spec.required_keys, Custom)
     assert isinstance(msg, TableMessage)
@@ -786,7 +810,7 @@ def test_table_message_base_constructor(codec, link, table):
 
 
 @pytest.mark.parametrize("table", TABLE_NAMES)
-def test_table_subclass_with_a_custom_row_factory(codec, link, table):
+def test_table_subclass_with_a_custom_row_factory(codec, link, golden, table):
     cls, _ = TABLE_CLASSES[table]
     calls: List[Dict[str, str]] = []
 
@@ -831,22 +855,24 @@ def test_invalid_construction_raises_value_error(codec, make):
 def _read_from_cases():
     cases = []
     for table in TABLE_NAMES:
-        cases.append(pytest.param(TABLE_CLASSES[table][0],
-                                  lambda t=table: golden("golden_sample", t)[1], id=table))
-        cases.append(pytest.param(DataBatch, lambda t=table: golden("golden_sample", t)[2],
-                                  id=f"databatch-{table}"))
+        cases.append(conformance_param(
+            TABLE_CLASSES[table][0], lambda get, t=table: get("golden")("golden_sample", t)[1],
+            id=table))
+        cases.append(conformance_param(
+            DataBatch, lambda get, t=table: get("golden")("golden_sample", t)[2],
+            id=f"databatch-{table}"))
     cases += [
-        pytest.param(EOFMessage, lambda: SAMPLE_EOF["transactions"], id="eof"),
-        pytest.param(Finished, lambda: FINISHED_7, id="finished"),
-        pytest.param(BatchRecvSuccess, lambda: b"\x01\x00\x00\x00\x00", id="ack-success"),
-        pytest.param(BatchRecvFail, lambda: b"\x02\x00\x00\x00\x00", id="ack-fail"),
+        conformance_param(EOFMessage, lambda get: get("sample_eof")["transactions"], id="eof"),
+        pytest.param(Finished, lambda get: FINISHED_7, id="finished"),
+        pytest.param(BatchRecvSuccess, lambda get: b"\x01\x00\x00\x00\x00", id="ack-success"),
+        pytest.param(BatchRecvFail, lambda get: b"\x02\x00\x00\x00\x00", id="ack-fail"),
     ]
     return cases
 
 
 @pytest.mark.parametrize("cls,data", _read_from_cases())
-def test_read_from(codec, link, cls, data):
-    data = data()
+def test_read_from(codec, link, request, cls, data):
+    data = data(request.getfixturevalue)
     link.send(data + expected_eof_frame(3, "users"))
     opcode, length = struct.unpack("<Bi", link.recv_exactly(5))
     msg = cls()
@@ -879,13 +905,14 @@ def test_read_from_negative_length(codec, link, cls):
 
 
 @pytest.mark.parametrize("cls,data", [
-    pytest.param(NewMenuItems, lambda: SAMPLE_FRAMES[0], id="table"),
-    pytest.param(EOFMessage, lambda: SAMPLE_FRAMES[1], id="eof"),
-    pytest.param(Finished, lambda: FINISHED_7, id="finished"),
-    pytest.param(DataBatch, lambda: golden("golden_sample", "users")[2], id="databatch"),
+    conformance_param(NewMenuItems, lambda get: get("sample_frames")[0], id="table"),
+    conformance_param(EOFMessage, lambda get: get("sample_frames")[1], id="eof"),
+    pytest.param(Finished, lambda get: FINISHED_7, id="finished"),
+    conformance_param(DataBatch, lambda get: get("golden")("golden_sample", "users")[2],
+                      id="databatch"),
 ])
-def test_read_from_peer_closes_mid_body(codec, link, cls, data):
-    data = data()
+def test_read_from_peer_closes_mid_body(codec, link, request, cls, data):
+    data = data(request.getfixturevalue)
     link.send(data[:-1], close=True)
     _, length = struct.unpack("<Bi", link.recv_exactly(5))
     with pytest.raises(EOFError):
@@ -895,16 +922,19 @@ def test_read_from_peer_closes_mid_body(codec, link, cls, data):
 # -- decode_frame ----------------------------------------------------------------
 
 def _all_frames():
-    frames = [pytest.param(f, id=f"sample-{i}") for i, f in enumerate(SAMPLE_FRAMES)]
-    frames += [pytest.param(golden("golden_sample", t)[2], id=f"databatch-{t}")
+    frames = [conformance_param(lambda get, i=i: get("sample_frames")[i], id=f"sample-{i}")
+              for i in range(SAMPLE_FRAME_COUNT)]
+    frames += [conformance_param(lambda get, t=t: get("golden")("golden_sample", t)[2],
+                                 id=f"databatch-{t}")
                for t in TABLE_NAMES]
-    frames += [pytest.param(b"\x02\x00\x00\x00\x00", id="ack-fail")]
+    frames += [pytest.param(lambda get: b"\x02\x00\x00\x00\x00", id="ack-fail")]
     return frames
 
 
 @pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
 @pytest.mark.parametrize("data", _all_frames())
-def test_decode_frame_equals_recv_msg(codec, link, data, kind):
+def test_decode_frame_equals_recv_msg(codec, link, request, data, kind):
+    data = data(request.getfixturevalue)
     decoded = decode_frame(kind(data))
     assert decoded == round_trip(link, data)
     assert decoded.opcode == data[0]
@@ -916,8 +946,12 @@ def test_decode_frame_equals_recv_msg(codec, link, data, kind):
     pytest.param(lambda f: f[:-1], id="one-byte-short"),
     pytest.param(lambda f: f[:5], id="header-only"),
 ])
-@pytest.mark.parametrize("data", [SAMPLE_FRAMES[2], FINISHED_7], ids=["stores", "finished"])
-def test_decode_frame_length_mismatch(codec, data, mangle):
+@pytest.mark.parametrize("data", [
+    conformance_param(lambda get: get("sample_frames")[2], id="stores"),
+    pytest.param(lambda get: FINISHED_7, id="finished"),
+])
+def test_decode_frame_length_mismatch(codec, request, data, mangle):
+    data = data(request.getfixturevalue)
     with pytest.raises(ProtocolError) as info:
         decode_frame(mangle(data))
     assert info.value.opcode == data[0]
@@ -936,8 +970,8 @@ def test_decode_frame_truncated_header(codec):
         decode_frame(b"\x03\x04\x00")
 
 
-def test_decode_frame_max_frame(codec):
-    data = SAMPLE_FRAMES[0]
+def test_decode_frame_max_frame(codec, sample_frames):
+    data = sample_frames[0]
     assert decode_frame(data, max_frame=len(data) - 5).amount == 8
     with pytest.raises(ProtocolError):
         decode_frame(data, max_frame=len(data) - 6)
@@ -948,9 +982,9 @@ def test_decode_frame_max_frame(codec):
     ("tuple", lambda row: type(row) is tuple and row[:2] == ("1", "Espresso")),
     ("object", lambda row: type(row) is RawMenuItems and row.name == "Espresso"),
 ])
-def test_recv_msg_and_decode_frame_row_type(codec, link, row_type, check):
-    assert check(decode_frame(SAMPLE_FRAMES[0], row_type=row_type).rows[0])
-    link.send(SAMPLE_FRAMES[0])
+def test_recv_msg_and_decode_frame_row_type(codec, link, sample_frames, row_type, check):
+    assert check(decode_frame(sample_frames[0], row_type=row_type).rows[0])
+    link.send(sample_frames[0])
     assert check(recv_msg(link.sock, row_type=row_type).rows[0])
 
 
