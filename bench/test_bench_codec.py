@@ -39,6 +39,26 @@ def test_decode(benchmark, codec, bench_workload, table, row_type):
     _record(benchmark, len(batch.frame), batch.n_rows)
 
 
+# The numeric columns of each table, for the decode_columns case that parses them.
+NUMERIC = {
+    "transactions": {"original_amount": "float64", "discount_applied": "float64",
+                     "final_amount": "float64"},
+    "transaction_items": {"quantity": "int64", "unit_price": "float64", "subtotal": "float64"},
+}
+
+
+@pytest.mark.parametrize("numbers", [False, True], ids=["str", "numeric"])
+@pytest.mark.parametrize("table", TABLES)
+def test_decode_columns(benchmark, codec, bench_workload, table, numbers):
+    batch = bench_workload.batches[table]
+    dtypes = NUMERIC[table] if numbers else None
+    benchmark.group = f"decode {table} -> columns{' (numbers parsed)' if numbers else ''}"
+    columns = benchmark(codec.decode_columns, batch.frame, None, dtypes)
+    assert list(columns) == list(batch.spec.required_keys)
+    assert all(len(array) == batch.n_rows for array in columns.values())
+    _record(benchmark, len(batch.frame), batch.n_rows)
+
+
 @pytest.mark.parametrize("table", TABLES)
 def test_encode_from_dicts(benchmark, codec, bench_workload, table):
     batch = bench_workload.batches[table]
