@@ -303,14 +303,17 @@ DECODE_ERRORS = [
     case("last-value-length-under",
          lambda c: patch_i32(table_body(c, [{**ROW, "available_to": "x"}]), 9 + ROW_SIZE, 0),
          "1 trailing bytes after 1 rows"),
-    case("lengths-trade-a-byte",  # row 1: "coffee" claims 7 bytes, "6.0" 2; same total
-         lambda c: patch_i32(patch_i32(table_body(c, [ROW, ROW]), ROW_SIZE + 68, 7),
-                             ROW_SIZE + 87, 2),
-         f"truncated: need {0x70 << 24} bytes at offset {ROW_SIZE + 83}, have {ROW_SIZE - 70}"),
-    case("long-value-short-length",  # row 1: 300 bytes of "c" that claim to be 6
-         lambda c: patch_i32(table_body(c, [ROW, {**ROW, "category": "c" * 300}]),
-                             ROW_SIZE + 68, 6),
-         f"truncated: need {0x63636363} bytes at offset {ROW_SIZE + 82}, have {ROW_SIZE + 225}"),
+    # (in row 2: rows 0 and 1 are read one by one to choose how to read the rest)
+    case("lengths-trade-a-byte",  # row 2: "coffee" claims 7 bytes, "6.0" 2; same total
+         lambda c: patch_i32(patch_i32(table_body(c, [ROW] * 3), 2 * ROW_SIZE + 68, 7),
+                             2 * ROW_SIZE + 87, 2),
+         f"truncated: need {0x70 << 24} bytes at offset {2 * ROW_SIZE + 83}, "
+         f"have {ROW_SIZE - 70}"),
+    case("long-value-short-length",  # row 2: 300 bytes of "c" that claim to be 6
+         lambda c: patch_i32(table_body(c, [ROW, ROW, {**ROW, "category": "c" * 300}]),
+                             2 * ROW_SIZE + 68, 6),
+         f"truncated: need {0x63636363} bytes at offset {2 * ROW_SIZE + 82}, "
+         f"have {ROW_SIZE + 225}"),
     case("trailing-byte", lambda c: table_body(c, [ROW]) + b"\x00",
          "1 trailing bytes after 1 rows"),
     case("trailing-after-zero-rows", lambda c: table_body(c, []) + b"abcd",

@@ -402,26 +402,28 @@ def _picker(picks: Tuple[int, ...]):
     return lambda values: tuple([values[i] for i in picks])
 
 
-def _wire_order(opcode: int, body: bytes, n_keys: int) -> Optional[Tuple[int, ...]]:
-    """Row 0's keys as positions in the required keys, if it is a full row."""
+def _row_order(opcode: int, body: bytes, pos: int,
+               n_keys: int) -> Tuple[Optional[Tuple[int, ...]], int]:
+    """The keys of the full row at ``pos`` as positions in the required keys, and
+    where the row ends; ``(None, pos)`` if it is not a full row."""
     position = _KEY_POSITION[opcode]
     order = []
     try:
-        if _U32.unpack_from(body, 13)[0] != n_keys:
-            return None
-        pos = 17
+        if _U32.unpack_from(body, pos)[0] != n_keys:
+            return None, pos
+        end = pos + 4
         for _ in range(n_keys):
             # Keys are shorter than 256 bytes: the low length byte is the
             # length, and the lookup rejects any other prefix.
-            start = pos + 4 + body[pos]
-            order.append(position[body[pos:start]])
-            pos = start + 4 + _U32.unpack_from(body, start)[0]
+            start = end + 4 + body[end]
+            order.append(position[body[end:start]])
+            end = start + 4 + _U32.unpack_from(body, start)[0]
     except (struct.error, KeyError, IndexError):
-        return None
-    return tuple(order) if len(set(order)) == n_keys else None
+        return None, pos
+    return (tuple(order), end) if len(set(order)) == n_keys else (None, pos)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=64)  # bounded: a peer picks the key orders
 def _row_pattern(opcode: int, order: Tuple[int, ...]):
     """``(regex, fixed, values_of, lengths_of)`` for full rows whose keys come in ``order``.
 
@@ -444,21 +446,18 @@ def _row_pattern(opcode: int, order: Tuple[int, ...]):
             _picker(tuple(2 * j + 1 for j in slots)), _picker(tuple(2 * j for j in slots)))
 
 
-def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[list]:
-    """The rows (tuples) of a valid full-key body, or ``None`` if anything is off.
+def _rows_by_pattern(opcode: int, body: bytes, n_rows: int, n_keys: int,
+                     order: Tuple[int, ...]) -> Optional[list]:
+    """The rows (tuples) of a valid full-key body whose rows all list their keys
+    in ``order``, or ``None`` if anything is off.
 
     Optimistic and per batch, not per value: one regex pass finds every row
-    whose keys come in row 0's order, each value shorter than 256 bytes and
-    free of control characters (the common case); then the value lengths, the
-    row count and the total size are compared with the wire in bulk. When all
-    agree, each value's length prefix was right, so the regex parsed exactly
-    what a byte-by-byte reader would. Anything else -- and naming the first
-    error -- is left to ``_scan_rows``, which callers run when this returns
-    ``None``.
+    in that order, each value shorter than 256 bytes and free of control
+    characters (the common case); then the value lengths, the row count and
+    the total size are compared with the wire in bulk. When all agree, each
+    value's length prefix was right, so the regex parsed exactly what a
+    byte-by-byte reader would.
     """
-    order = _wire_order(opcode, body, n_keys)
-    if order is None:
-        return None
     regex, fixed, values_of, lengths_of = _row_pattern(opcode, order)
     text = body.decode("latin-1")
     found = regex.findall(text, 13)
@@ -483,8 +482,57 @@ def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[l
     return rows
 
 
+def _rows_by_value(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[list]:
+    """The rows (lists) of a valid full-key body in any key order, or ``None``
+    if anything is off.
+
+    Optimistic like ``_rows_by_pattern`` but value by value, for what the
+    pattern does not take: rows in varying key orders (a Go client writes a
+    map's keys in random order), long values, control characters. An ASCII
+    body is decoded once and sliced, one object per value.
+    """
+    position = _KEY_POSITION[opcode]
+    # Lengths read unsigned: a negative one becomes a huge one, which runs past
+    # the end, and every overrun ends in an exception or in ``pos != size``.
+    unpack = _U32.unpack_from
+    text: Any = body.decode("latin-1") if body[13:].isascii() else None
+    rows: list = []
+    append = rows.append
+    pos = 13
+    try:
+        for _ in range(n_rows):
+            if unpack(body, pos)[0] != n_keys:
+                return None
+            pos += 4
+            values: List[Any] = [None] * n_keys
+            for _ in range(n_keys):
+                start = pos + 4 + body[pos]  # short keys, as in _row_order
+                i = position[body[pos:start]]
+                pos = start + 4 + unpack(body, start)[0]
+                values[i] = (text[start + 4:pos] if text is not None
+                             else body[start + 4:pos].decode())
+            if None in values:
+                return None
+            append(values)
+    except (struct.error, KeyError, IndexError, UnicodeDecodeError):
+        return None
+    return rows if pos == len(body) else None
+
+
+def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[list]:
+    """The rows of a valid full-key body, or ``None`` for ``_scan_rows`` to name
+    the first error: one regex pass when rows 0 and 1 list their keys alike,
+    else (or if that pass fails) value by value."""
+    order, end = _row_order(opcode, body, 13, n_keys)
+    if order is not None and (n_rows < 2 or _row_order(opcode, body, end, n_keys)[0] == order):
+        rows = _rows_by_pattern(opcode, body, n_rows, n_keys, order)
+        if rows is not None:
+            return rows
+    return _rows_by_value(opcode, body, n_rows, n_keys)
+
+
 def _table_rows(opcode: int, body: Any, projected: bool):
-    """``_scan_rows``'s result, through the fast path when it applies."""
+    """``_scan_rows``'s result, through a fast path when one applies."""
     if not projected:
         data = body if type(body) is bytes else bytes(body)
         n_rows, batch_number, status = _read_table_header(data, len(data), opcode)
@@ -797,10 +845,10 @@ def _fast_projection(opcode: int, body: bytes, n_rows: int, n_keys: int,
                      picks: Tuple[int, ...]) -> Optional[List[bytes]]:
     """Each projected row's wire bytes, copied from ``body``; ``None`` if anything is off.
 
-    Optimistic like ``_fast_rows``, but value by value: each key is one slice
-    and one lookup, each value is sliced as a wire string (length prefix
-    included) and never decoded, only checked as UTF-8 where the body is not
-    ASCII. Naming the first error is left to ``_scan_rows``.
+    Optimistic like ``_rows_by_value``: each key is one slice and one lookup,
+    each value is sliced as a wire string (length prefix included) and never
+    decoded, only checked as UTF-8 where the body is not ASCII. Naming the
+    first error is left to ``_scan_rows``.
     """
     position = _KEY_POSITION[opcode]
     # Lengths read unsigned: a negative one becomes a huge one, which runs past
