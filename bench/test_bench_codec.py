@@ -17,6 +17,8 @@ import pytest
 from fastframe.framing import FrameReader
 from fastframe.schema import TABLES_BY_NAME
 
+import workload  # bench/ is on sys.path (conftest.py)
+
 TABLES = ("transactions", "transaction_items")
 ROW_TYPES = ("object", "dict", "tuple")
 READER_FRAMES = 16
@@ -37,6 +39,17 @@ def test_decode(benchmark, codec, bench_workload, table, row_type):
     _, _, keys, rows = benchmark(codec.decode_table_body, batch.opcode, batch.body, row_type)
     assert len(rows) == batch.n_rows and keys == batch.spec.required_keys
     _record(benchmark, len(batch.frame), batch.n_rows)
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_decode_keys_in_map_order(benchmark, codec, bench_workload, table):
+    """The Go client's shape: each row lists its keys in its own order."""
+    batch = bench_workload.batches[table]
+    frame = workload.map_order_frame(batch)
+    benchmark.group = f"decode {table} -> dict, keys in map order"
+    _, _, _, rows = benchmark(codec.decode_table_body, batch.opcode, frame[5:], "dict")
+    assert rows == batch.rows
+    _record(benchmark, len(frame), batch.n_rows)
 
 
 # The numeric columns of each table, for the decode_columns case that parses them.

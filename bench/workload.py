@@ -122,6 +122,25 @@ def encode(spec: TableSpec, rows: Sequence[Dict[str, str]], number: int = 1) -> 
     return _codec_py.encode_table_frame(spec.opcode, number, BatchStatus.CONTINUE, rows)
 
 
+def map_order_frame(batch: "Batch", seed: int = 1) -> bytes:
+    """``batch``'s frame with each row's keys in its own random order, as the
+    original Go client writes a map (same rows, same size)."""
+    rng = random.Random(seed)
+    w = _codec_py.Writer()
+    w.write_i32(batch.n_rows)
+    w.write_i64(1)
+    w.write_u8(BatchStatus.CONTINUE)
+    for row in batch.rows:
+        pairs = list(row.items())
+        rng.shuffle(pairs)
+        w.write_i32(len(pairs))
+        for key, value in pairs:
+            w.write_string(key)
+            w.write_string(value)
+    body = w.getvalue()
+    return bytes([batch.opcode]) + len(body).to_bytes(4, "little") + body
+
+
 def read_rows(folder: Path, table: str) -> List[Dict[str, str]]:
     """Every row of a table folder, as the client reads it, as dicts in spec order."""
     spec = TABLES_BY_NAME[table]
