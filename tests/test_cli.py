@@ -475,6 +475,27 @@ def test_send_to_a_closed_port_says_what_it_waits_for(tmp_path, capsys, keep_sig
                           f"cannot connect to 127.0.0.1:{port} after 3 attempts")
 
 
+def test_send_stops_waiting_for_a_closed_port_on_sigint(tmp_path):
+    write_dataset(tmp_path, {"users": [3]})
+    port = free_port()
+    proc = subprocess.Popen(
+        fastframe_command("send", str(tmp_path), "--server", f"127.0.0.1:{port}",
+                          "--agency-id", "1"),
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        assert first.startswith(f"fastframe send: waiting for 127.0.0.1:{port}: "), first
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)  # well before the 10 attempts' 21 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and out == ""
+    assert err.splitlines()[-1].startswith("fastframe send: cancelled by signal 2")
+
+
 @pytest.mark.parametrize("argv, status, words", [
     (["serve", "--sink", "bogus"], 2, ["argument --sink"]),
     (["send", "{tmp}/missing", "--agency-id", "1"], 2, ["no such directory"]),
@@ -575,12 +596,10 @@ def drawn(text: str) -> List[Tuple[str, str, int]]:
     return found
 
 
-def test_progress_shows_one_moment_at_every_redraw_and_the_totals_at_the_end(
-        tmp_path, monkeypatch):
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # redraw at every ACK
+def test_progress_shows_one_moment_at_every_redraw_and_the_totals_at_the_end(tmp_path):
     write_dataset(tmp_path / "data", {"stores": [3], "users": [5, 4]})
     terminal = Terminal()
-    progress = cli.TableProgress(terminal)
+    progress = cli.TableProgress(terminal, redraw_every=0)  # redraw at every ACK
     moments: Dict[str, List[Tuple[str, int]]] = {}  # per table: what each ACK brought it to
     totals: Dict[str, Tuple[int, int]] = {}
 
@@ -598,6 +617,7 @@ def test_progress_shows_one_moment_at_every_redraw_and_the_totals_at_the_end(
     progress.close()
     shown = drawn(terminal.getvalue())
     assert {table for table, _, _ in shown} == {"stores", "users"}
+    assert len({rows for table, _, rows in shown if table == "users"}) >= 4  # redrawn often
     for table, size, rows in shown:
         assert (size, rows) in moments[table]
     last = {table: (size, rows) for table, size, rows in shown}

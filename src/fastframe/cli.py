@@ -253,11 +253,13 @@ class TableProgress:
 
     Silent unless ``stream`` is a terminal. The rows are set before the byte
     count whose update may redraw, so every redraw shows one moment's counts;
-    ``close`` (and the next table) draws the final ones.
+    ``close`` (and the next table) draws the final ones. A redraw comes at
+    most every ``redraw_every`` seconds.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, redraw_every: float = 0.1) -> None:
         self.stream = stream
+        self.redraw_every = redraw_every
         self._bar: Any = None
         self._table = ""
         self._rows = 0
@@ -267,7 +269,7 @@ class TableProgress:
             self.close()
             self._table, self._rows = table, 0
             self._bar = tqdm(desc=f"{table:<18}", file=self.stream, disable=None, leave=True,
-                             postfix="0 rows",
+                             postfix="0 rows", mininterval=self.redraw_every, miniters=1,
                              unit="B", unit_scale=True, unit_divisor=1000,
                              bar_format="{desc} {n_fmt:>6}B {rate_fmt:>10} {elapsed}{postfix}")
         self._rows += rows
@@ -388,8 +390,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         summary = client.send_folder(folder)
     except Cancelled as exc:
         progress.close()
-        print(f"fastframe send: {exc}; the batch in progress went out with status CANCEL",
-              file=sys.stderr)
+        print(f"fastframe send: {exc}; the batch in progress went out with status CANCEL "
+              f"unless the orchestrator was out of reach", file=sys.stderr)
         return 128 + exc.signum
     except ClientError as exc:
         progress.close()

@@ -281,6 +281,8 @@ class Client:
                 log.warning("waiting for %s: %s (attempt %d of %d, next in %.1f s)", where,
                             reason, attempt, self.connect_attempts, delay)
                 time.sleep(delay)
+                if self._cancel_signal is not None:  # no CANCEL batch can go out: stop here
+                    raise Cancelled(self._cancel_signal)
                 delay = min(delay * 2, _MAX_BACKOFF)
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
