@@ -180,7 +180,8 @@ def test_inspect_unreadable_file(tmp_path, capsys, content):
         path.write_bytes(content())
     assert cli.main(["inspect", str(path)]) == 1
     out, err = capsys.readouterr()
-    assert err.startswith(f"fastframe inspect: {path}: ") and out == ""
+    assert_one_error_line(err, "fastframe inspect", str(path))
+    assert out == ""
 
 
 # -- gen and demo ------------------------------------------------------------------------
@@ -433,6 +434,14 @@ def test_serve_with_a_read_only_sink_folder(tmp_path, capsys, no_amqp_env):
     status, _, err = run_main(capsys, "serve", "--port", "0", "--sink", f"file:{folder}/s.bin")
     assert status == 1
     assert_one_error_line(err, "fastframe serve", "cannot open sink", "Permission denied")
+
+
+def test_gen_into_a_folder_it_cannot_make(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    status, _, err = run_main(capsys, "gen", str(tmp_path / "a-file" / "data"),
+                              "--transactions", "10")
+    assert status == 1
+    assert_one_error_line(err, "fastframe gen", str(tmp_path / "a-file"), "Not a directory")
 
 
 def test_serve_with_the_broker_down(capsys, monkeypatch):

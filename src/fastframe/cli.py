@@ -515,8 +515,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 _print_text(item, args.rows)
             offset += len(frame)
     except (ProtocolError, OSError) as exc:
-        print(f"fastframe inspect: {args.file}: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(f"{args.file}: {exc}") from None
     return 0
 
 
