@@ -746,8 +746,9 @@ def test_json_log_line_of_another_shape_keeps_only_the_message():
 def test_serve_logs_json_lines(tmp_path, no_amqp_env):
     write_dataset(tmp_path / "data", {"users": [3]})
     port = free_port()
-    proc = serve_process("--port", str(port), "--sink", f"file:{tmp_path / 'sink.bin'}",
-                         "--fsync", "never", "--log-format", "json")
+    sink = f"file:{tmp_path / 'sink.bin'}"
+    proc = serve_process("--port", str(port), "--sink", sink, "--fsync", "never",
+                         "--log-format", "json")
     try:
         wait_listening(proc, ("127.0.0.1", port))
         Client(("127.0.0.1", port), 4, timeout=TIMEOUT).send_folder(tmp_path / "data")
@@ -763,3 +764,5 @@ def test_serve_logs_json_lines(tmp_path, no_amqp_env):
                                               else {}), **item["fields"]}
         assert " | ".join(f"{k}: {v}" for k, v in pairs.items()) == item["message"]
     assert any(f"127.0.0.1:{port}" in map(str, i["fields"].values()) for i in events)
+    assert {"action": "open_sink", "result": "success", "fields": {"sink": sink},
+            "logger": "fastframe.cli", "level": "INFO"}.items() <= events[0].items()

@@ -47,6 +47,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 _I32_MAX = (1 << 31) - 1
 
+log = logging.getLogger("fastframe.cli")
+
 
 class CommandError(Exception):
     """A command cannot go on; ``status`` is the exit status (``USAGE`` or ``RUNTIME``)."""
@@ -368,6 +370,7 @@ def _serve(args: argparse.Namespace, sink_url: str) -> int:
         sink.close()
         raise CommandError(f"cannot listen on {_host_port(args.host, args.port)}: "
                            f"{exc.strerror or exc}") from None
+    log.info("action: open_sink | result: success | sink: %s", sink_url)  # password masked
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.request_shutdown())
     server.serve_forever()
