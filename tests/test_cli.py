@@ -743,6 +743,15 @@ def test_json_log_line_of_another_shape_keeps_only_the_message():
     assert item["exception"].endswith("ValueError: boom")
 
 
+def test_text_log_line_masks_the_sink_password():
+    url = "amqp://ops:pa55word@broker:5672/%2F"
+    formatter = cli.TextLogFormatter(cli.Redactor.for_url(url))
+    line = formatter.format(log_record("action: open_sink | result: success | sink: %s", url))
+    assert line.endswith(" INFO fastframe.orchestrator action: open_sink | result: success | "
+                         "sink: amqp://ops:***@broker:5672/%2F")
+    assert "pa55word" not in formatter.format(log_record("credentials %r", ("ops", "pa55word")))
+
+
 def test_serve_logs_json_lines(tmp_path, no_amqp_env):
     write_dataset(tmp_path / "data", {"users": [3]})
     port = free_port()
