@@ -1,3 +1,4 @@
+"""``python -m fastframe``: the command line (see ``fastframe.cli``)."""
 import sys
 
 from .cli import main

@@ -1,78 +1,287 @@
-"""``fastframe`` command line: gen, serve, send, demo, inspect."""
+"""``fastframe`` command line: gen, serve, send, demo, inspect.
+
+A mistake an operator can make (a bad option value, a busy port, a sink that
+cannot be opened, a server that does not answer) ends in one line on stderr,
+``fastframe COMMAND: error: WHAT``, and exit status 2 for a usage error or 1
+for a runtime one; never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import signal
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import (
+    Any, Callable, Dict, Iterable, Iterator, Mapping, NoReturn, Optional, Sequence, TextIO, Tuple,
+)
+from urllib.parse import unquote, urlsplit
+
+from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
 from . import __impl__, __version__, codec
 from .client import Cancelled, Client, ClientError, SendSummary, read_table_csv
 from .errors import ProtocolError
 from .messages import DataBatch, EOFMessage, Finished, TableMessage, decode_frame
 from .orchestrator import Orchestrator
-from .schema import DEFAULT_MAX_FRAME, MAX_BATCH_FRAME, TABLES, BatchStatus, Opcodes
-from .sinks import open_sink
+from .schema import (
+    DEFAULT_MAX_FRAME, FRAME_HEADER_SIZE, MAX_BATCH_FRAME, TABLE_HEADER_SIZE, TABLES, BatchStatus,
+)
+from .sinks import Sink, SinkError, open_sink
 from .sinks.file import FSYNC_POLICIES, FileSink, read_frames
 
 MB = 1_000_000
+USAGE, RUNTIME = 2, 1  # exit statuses
+AMQP_URL_ENV = "FASTFRAME_AMQP_URL"
+DEFAULT_SINK = "file:fastframe-sink.bin"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+_I32_MAX = (1 << 31) - 1
+
+log = logging.getLogger("fastframe.cli")
 
 
-def _address(text: str) -> Tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host or "127.0.0.1", int(port)
+class CommandError(Exception):
+    """A command cannot go on; ``status`` is the exit status (``USAGE`` or ``RUNTIME``)."""
+
+    def __init__(self, message: str, status: int = RUNTIME) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+# -- secrets -------------------------------------------------------------------------
+
+# The password of a URL's user information: scheme://user:PASSWORD@host
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s]*@")
 
 
-# -- progress --------------------------------------------------------------
+class Redactor:
+    """Masks passwords in text: any URL's, and each secret it was given, as ``***``."""
 
-class ProgressLine:
-    """Rows, MB and MB/s per table on one terminal line; silent when not a TTY."""
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
-    def __init__(self, stream=sys.stderr) -> None:
+    @classmethod
+    def for_url(cls, url: str) -> "Redactor":
+        """A redactor for the password of ``url``, as written and percent-decoded."""
+        try:
+            password = urlsplit(url).password or ""
+        except ValueError:
+            password = ""
+        return cls([password, unquote(password)])
+
+    def __call__(self, text: str) -> str:
+        text = _URL_PASSWORD.sub(r"\1***@", text)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+_mask_urls = Redactor()
+
+
+# -- option values -------------------------------------------------------------------
+
+def _integer(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``minimum..maximum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if maximum is None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:,}, got {value:,}")
+        if maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be in {minimum:,}..{maximum:,}, got {value:,}")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+_port = _integer(0, 65535)
+_server_port = _integer(1, 65535)
+
+
+def _server_address(text: str) -> Tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT``; an empty host is loopback."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep or not host:
+            raise argparse.ArgumentTypeError(f"expected [IPV6]:PORT, got {text!r}")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+        if ":" in host:
+            raise argparse.ArgumentTypeError(
+                f"an IPv6 address goes in brackets: [{host}]:{port}")
+    return host or "127.0.0.1", _server_port(port)
+
+
+def _sink_value(text: str) -> str:
+    """``file:PATH``, ``amqp://…``, ``amqps://…`` or ``amqp`` (the URL in the environment)."""
+    if text == "amqp" or text.startswith(("amqp://", "amqps://")):
+        return text
+    if text.startswith("file:") and len(text) > len("file:"):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected file:PATH, an amqp:// or amqps:// URL, or amqp (the URL in "
+        f"${AMQP_URL_ENV}), got {_mask_urls(text)!r}")
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def resolve_sink(value: Optional[str], environ: Mapping[str, str]) -> str:
+    """The sink URL ``serve`` uses; the precedence the README states.
+
+    ``--sink file:PATH`` or ``--sink amqp://…`` as given; ``--sink amqp`` the
+    URL in ``FASTFRAME_AMQP_URL`` (a usage error when unset); no ``--sink``:
+    that URL when set, else ``file:fastframe-sink.bin``.
+    """
+    from_env = environ.get(AMQP_URL_ENV, "")
+    if value is not None and value != "amqp":
+        return value
+    if not from_env:
+        if value == "amqp":
+            raise CommandError(f"--sink amqp: ${AMQP_URL_ENV} is not set", USAGE)
+        return DEFAULT_SINK
+    if not from_env.startswith(("amqp://", "amqps://")):
+        raise CommandError(f"${AMQP_URL_ENV}: expected an amqp:// or amqps:// URL, "
+                           f"got {_mask_urls(from_env)!r}", USAGE)
+    return from_env
+
+
+# -- logging -------------------------------------------------------------------------
+
+def parse_event(message: str) -> Optional[Dict[str, Any]]:
+    """The fields of an ``action: x | result: y | k: v`` log message, else ``None``.
+
+    Values are strings, except whole integers, which become ``int``.
+    """
+    fields: Dict[str, Any] = {}
+    for part in message.split(" | "):
+        key, sep, value = part.partition(": ")
+        if not sep or not key.isidentifier():
+            return None
+        fields[key] = int(value) if re.fullmatch(r"-?\d+", value) else value
+    return fields if next(iter(fields), None) == "action" else None
+
+
+class TextLogFormatter(logging.Formatter):
+    """``TIME LEVEL LOGGER MESSAGE`` lines, passwords masked."""
+
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(super().format(record))
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record, passwords masked.
+
+    Keys: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``; for a
+    message of the ``action: x | result: y | k: v`` shape also ``action``,
+    ``result`` and ``fields`` (the other pairs); ``exception`` when the record
+    carries one.
+    """
+
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = self.redact(record.getMessage())
+        item: Dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc)
+                            .isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        event = parse_event(message)
+        if event is not None:
+            item["action"] = event.pop("action")
+            if "result" in event:
+                item["result"] = event.pop("result")
+            item["fields"] = event
+        if record.exc_info:
+            item["exception"] = self.redact(self.formatException(record.exc_info))
+        return json.dumps(item, ensure_ascii=False)
+
+
+class _ProgressAwareHandler(logging.Handler):
+    """Writes ``PREFIX: MESSAGE`` lines to a stream without tearing a progress bar."""
+
+    def __init__(self, stream: TextIO, prefix: str) -> None:
+        super().__init__()
         self.stream = stream
-        self.enabled = stream.isatty()
-        self.started = time.perf_counter()
-        self.table = ""
-        self.rows = 0
-        self.bytes = 0
-        self._last = 0.0
+        self.prefix = prefix
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(f"{self.prefix}: {self.format(record)}", file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+# -- progress ------------------------------------------------------------------------
+
+class TableProgress:
+    """A tqdm bar per table of ACKed bytes, with its rate and ACKed rows.
+
+    Silent unless ``stream`` is a terminal. The rows are set before the byte
+    count whose update may redraw, so every redraw shows one moment's counts;
+    ``close`` (and the next table) draws the final ones. A redraw comes at
+    most every ``redraw_every`` seconds.
+    """
+
+    def __init__(self, stream: TextIO, redraw_every: float = 0.1) -> None:
+        self.stream = stream
+        self.redraw_every = redraw_every
+        self._bar: Any = None
+        self._table = ""
+        self._rows = 0
 
     def __call__(self, table: str, rows: int, nbytes: int) -> None:
-        if table != self.table:
-            self._end_line()
-            self.table, self.rows, self.bytes = table, 0, 0
-            self.started = time.perf_counter()
-        self.rows += rows
-        self.bytes += nbytes
-        now = time.perf_counter()
-        if self.enabled and now - self._last > 0.1:
-            self._last = now
-            rate = self.bytes / MB / max(now - self.started, 1e-9)
-            self.stream.write(f"\r{table:<18} {self.rows:>12,} rows {self.bytes / MB:>9.1f} MB "
-                              f"{rate:>8.1f} MB/s")
-            self.stream.flush()
-
-    def _end_line(self) -> None:
-        if self.enabled and self.table:
-            self.stream.write("\n")
+        if self._bar is None or table != self._table:
+            self.close()
+            self._table, self._rows = table, 0
+            self._bar = tqdm(desc=f"{table:<18}", file=self.stream, disable=None, leave=True,
+                             postfix="0 rows", mininterval=self.redraw_every, miniters=1,
+                             unit="B", unit_scale=True, unit_divisor=1000,
+                             bar_format="{desc} {n_fmt:>6}B {rate_fmt:>10} {elapsed}{postfix}")
+        self._rows += rows
+        self._bar.set_postfix_str(f"{self._rows:,} rows", refresh=False)
+        self._bar.update(nbytes)
 
     def close(self) -> None:
-        self._end_line()
-        self.table = ""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _summary_line(summary: SendSummary) -> str:
@@ -83,7 +292,14 @@ def _summary_line(summary: SendSummary) -> str:
             f"{summary.retries} retries, {summary.reconnects} reconnects")
 
 
-# -- commands --------------------------------------------------------------
+def _data_folder(path: Path) -> Path:
+    if not path.is_dir():
+        problem = "not a directory" if path.exists() else "no such directory"
+        raise CommandError(f"data folder {path}: {problem}", USAGE)
+    return path
+
+
+# -- commands ------------------------------------------------------------------------
 
 def cmd_gen(args: argparse.Namespace) -> int:
     from .datagen import generate
@@ -96,11 +312,65 @@ def cmd_gen(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
-    options = {"fsync": args.fsync} if args.sink.startswith("file:") else {}
-    sink = open_sink(args.sink, **options)
-    server = Orchestrator(sink, args.host, args.port, max_frame=args.max_frame,
-                          compat=args.compat, idle_timeout=args.idle_timeout)
+    sink_url = resolve_sink(args.sink, os.environ)
+    redact = Redactor.for_url(sink_url)
+    formatter: logging.Formatter = (JsonLogFormatter(redact) if args.log_format == "json"
+                                    else TextLogFormatter(redact))
+    try:
+        with _logging_to_stderr(formatter, args.log_level):
+            return _serve(args, sink_url)
+    except CommandError as exc:
+        raise CommandError(redact(str(exc)), exc.status) from None
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(formatter: logging.Formatter, level: str) -> Iterator[None]:
+    """Every logger to stderr at ``level`` while the block runs; pika's only at debug.
+
+    pika logs each failed connection attempt as several errors with a
+    traceback; the RabbitMQ sink reports the same attempt in one line.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root, pika_log = logging.getLogger(), logging.getLogger("pika")
+    saved = root.level, pika_log.level
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    if level != "debug":
+        pika_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        pika_log.setLevel(saved[1])
+
+
+def _open_sink(url: str, fsync: str) -> Sink:
+    options = {"fsync": fsync} if url.startswith("file:") else {}
+    try:
+        return open_sink(url, **options)
+    except ImportError as exc:
+        raise CommandError(f"the AMQP sink needs pika (pip install 'fastframe[rabbitmq]'): "
+                           f"{exc}") from None
+    except ValueError as exc:  # a URL that pika cannot read
+        raise CommandError(f"--sink: {exc}", USAGE) from None
+    except OSError as exc:
+        raise CommandError(f"cannot open sink {url}: {exc.strerror or exc}") from None
+    except SinkError as exc:
+        raise CommandError(f"cannot open sink: {exc}") from None
+
+
+def _serve(args: argparse.Namespace, sink_url: str) -> int:
+    sink = _open_sink(sink_url, args.fsync)
+    try:
+        server = Orchestrator(sink, args.host, args.port, max_frame=args.max_frame,
+                              compat=args.compat, idle_timeout=args.idle_timeout)
+    except OSError as exc:
+        sink.close()
+        raise CommandError(f"cannot listen on {_host_port(args.host, args.port)}: "
+                           f"{exc.strerror or exc}") from None
+    log.info("action: open_sink | result: success | sink: %s", sink_url)  # password masked
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.request_shutdown())
     server.serve_forever()
@@ -108,22 +378,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    progress = ProgressLine()
+    folder = _data_folder(args.dir)
+    progress = TableProgress(sys.stderr)
     client = Client(args.server, args.agency_id, batch_rows=args.batch_rows,
-                    max_batch_bytes=args.max_batch_bytes, window=args.window, progress=progress)
+                    max_batch_bytes=args.max_batch_bytes, window=args.window, progress=progress,
+                    connect_attempts=args.connect_attempts)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _f: client.cancel(s))
+    # The client's retries ("waiting for HOST:PORT ...") go to stderr as they happen.
+    retries = _ProgressAwareHandler(sys.stderr, "fastframe send")
+    client_log = logging.getLogger("fastframe.client")
+    client_log.addHandler(retries)
     try:
-        summary = client.send_folder(args.dir)
+        summary = client.send_folder(folder)
     except Cancelled as exc:
         progress.close()
-        print(f"fastframe send: {exc}; the batch in progress went out with status CANCEL",
-              file=sys.stderr)
+        print(f"fastframe send: {exc}; the batch in progress went out with status CANCEL "
+              f"unless the orchestrator was out of reach", file=sys.stderr)
         return 128 + exc.signum
     except ClientError as exc:
         progress.close()
-        print(f"fastframe send: error: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc)) from None
+    finally:
+        client_log.removeHandler(retries)
     progress.close()
     print(_summary_line(summary))
     return 0
@@ -159,8 +436,8 @@ def _count_sink_rows(path: Path) -> Tuple[Dict[str, int], Dict[str, int], int, i
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    data = _data_folder(Path(args.data)) if args.data else out / "data"
     out.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data) if args.data else out / "data"
     if args.data is None:
         from .datagen import generate
 
@@ -176,12 +453,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     thread.start()
     print(f"orchestrator on {server.address[0]}:{server.address[1]} (codec: {__impl__}), "
           f"sink {sink_path}")
-    progress = ProgressLine(sys.stdout)
+    progress = TableProgress(sys.stdout)
     try:
         summary = Client(server.address, agency_id=1, progress=progress).send_folder(data)
     except ClientError as exc:
-        print(f"fastframe demo: error: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc)) from None
     finally:
         progress.close()
         server.shutdown()
@@ -201,9 +477,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _describe(index: int, offset: int, msg) -> dict:
-    item = {"index": index, "offset": offset, "type": type(msg).__name__,
-            "opcode": int(msg.opcode)}
+def _describe(index: int, offset: int, msg: Any) -> Dict[str, Any]:
+    item: Dict[str, Any] = {"index": index, "offset": offset, "type": type(msg).__name__,
+                            "opcode": int(msg.opcode)}
     if isinstance(msg, DataBatch):
         item.update(table_ids=msg.table_ids, query_ids=msg.query_ids,
                     reserved=msg.reserved_u16, batch_number=msg.batch_number, meta=msg.meta,
@@ -221,7 +497,7 @@ def _describe(index: int, offset: int, msg) -> dict:
     return item
 
 
-def _print_text(item: dict, rows: int, indent: str = "") -> None:
+def _print_text(item: Dict[str, Any], rows: int, indent: str = "") -> None:
     fields = " ".join(f"{k}={v}" for k, v in item.items()
                       if k not in ("index", "offset", "type", "opcode", "embedded", "data"))
     print(f"{indent}#{item['index']} @{item['offset']} {item['type']} {fields}")
@@ -242,69 +518,139 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 _print_text(item, args.rows)
             offset += len(frame)
     except (ProtocolError, OSError) as exc:
-        print(f"fastframe inspect: {args.file}: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(f"{args.file}: {exc}") from None
     return 0
 
 
-# -- parser ----------------------------------------------------------------
+# -- parser --------------------------------------------------------------------------
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: …)`` where there is a default worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, secrets masked."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: error: {_mask_urls(message)} "
+                         f"(see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastframe", description=__doc__)
+    parser = _Parser(prog="fastframe", formatter_class=_HelpFormatter,
+                     description="Generate, serve, send and inspect the coffee-shop chain's "
+                                 "ingestion data. A mistake ends in one line on stderr and exit "
+                                 "status 2 (usage) or 1 (runtime).")
     parser.add_argument("--version", action="version",
                         version=f"fastframe {__version__} (codec: {codec.__impl__})")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do; `fastframe COMMAND --help` tells more")
+    count = _integer(1)
 
-    p = sub.add_parser("gen", help="write a synthetic data set")
-    p.add_argument("dir")
-    p.add_argument("--transactions", type=int, default=100_000)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("gen", help="write a synthetic data set",
+                       description="Write a synthetic data set in the layout of PROTOCOL.md §9.",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("dir", help="folder to write the table folders into")
+    p.add_argument("--transactions", type=count, default=100_000,
+                   help="transactions to generate (users, items and stores scale with it)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same data")
     p.set_defaults(run=cmd_gen)
 
-    p = sub.add_parser("serve", help="run the orchestrator")
+    p = sub.add_parser("serve", help="run the orchestrator",
+                       description="Run the orchestrator until SIGTERM or SIGINT.",
+                       formatter_class=_HelpFormatter)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default loopback; anything else is a deliberate choice)")
-    p.add_argument("--port", type=int, default=12345)
-    p.add_argument("--sink", default="file:fastframe-sink.bin",
-                   help="file:PATH or amqp://USER:PASS@HOST:PORT/VHOST")
+                   help="address to bind (loopback; anything else is a deliberate choice)")
+    p.add_argument("--port", type=_port, default=12345, help="TCP port to listen on")
+    p.add_argument("--sink", type=_sink_value,
+                   help=f"file:PATH, amqp://USER:PASS@HOST:PORT/VHOST, or amqp for the URL in "
+                        f"${AMQP_URL_ENV} (keeps the password out of argv) (default: "
+                        f"${AMQP_URL_ENV} if set, else {DEFAULT_SINK})")
     p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
                    help="file sink: fsync before every ACK (always) or leave it to the OS")
-    p.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME)
-    p.add_argument("--idle-timeout", type=float, default=60.0)
+    p.add_argument("--max-frame", type=_integer(FRAME_HEADER_SIZE, _I32_MAX),
+                   default=DEFAULT_MAX_FRAME, help="largest frame accepted, in bytes")
+    p.add_argument("--idle-timeout", type=_seconds, default=60.0,
+                   help="seconds a connection may stay silent between frames")
     p.add_argument("--compat", action="store_true",
                    help="write the original orchestrator's DataBatch header values")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info",
+                   help="least severe log records shown")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="text lines, or one JSON object per line (time, level, logger, message, "
+                        "and action, result, fields parsed from 'action: x | result: y | k: v')")
     p.set_defaults(run=cmd_serve)
 
-    p = sub.add_parser("send", help="stream a data folder to an orchestrator")
-    p.add_argument("dir")
-    p.add_argument("--server", type=_address, default=("127.0.0.1", 12345))
-    p.add_argument("--agency-id", type=int, required=True)
-    p.add_argument("--batch-rows", type=int, default=50_000)
-    p.add_argument("--max-batch-bytes", type=int, default=MAX_BATCH_FRAME)
-    p.add_argument("--window", type=int, default=8)
+    p = sub.add_parser("send", help="stream a data folder to an orchestrator",
+                       description="Send every table folder of a data folder, then FINISHED.",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("dir", type=Path, help="data folder holding one folder of CSV files per table")
+    p.add_argument("--server", type=_server_address, default="127.0.0.1:12345",
+                   help="orchestrator address, HOST:PORT or [IPV6]:PORT")
+    p.add_argument("--agency-id", type=_integer(-_I32_MAX - 1, _I32_MAX), required=True,
+                   help="this agency's id, sent in FINISHED")
+    p.add_argument("--batch-rows", type=count, default=50_000, help="most rows in one batch")
+    p.add_argument("--max-batch-bytes", type=_integer(FRAME_HEADER_SIZE + TABLE_HEADER_SIZE,
+                                                      MAX_BATCH_FRAME),
+                   default=MAX_BATCH_FRAME,
+                   help="largest batch frame, headers included (the protocol's maximum is the "
+                        "default)")
+    p.add_argument("--window", type=count, default=8,
+                   help="batches sent ahead of their ACKs")
+    p.add_argument("--connect-attempts", type=count, default=10,
+                   help="connection attempts before giving up, 0.1 s apart and doubling up to 5 s")
     p.set_defaults(run=cmd_send)
 
-    p = sub.add_parser("demo", help="generate, serve, send and check, end to end")
-    p.add_argument("--out", default="fastframe-demo")
+    p = sub.add_parser("demo", help="generate, serve, send and check, end to end",
+                       description="Generate a data set, serve it on loopback to a file sink, "
+                                   "send it and compare the sink with the CSVs.",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("--out", default="fastframe-demo", help="folder for the data and the sink")
     p.add_argument("--data", help="send this folder instead of generating one")
-    p.add_argument("--transactions", type=int, default=200_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always")
+    p.add_argument("--transactions", type=count, default=200_000,
+                   help="transactions to generate")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the generated data")
+    p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
+                   help="file sink: fsync before every ACK (always) or leave it to the OS")
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("inspect", help="print the frames of a sink file or a capture")
-    p.add_argument("file")
+    p = sub.add_parser("inspect", help="print the frames of a sink file or a capture",
+                       description="Print the frames of a sink file or a raw capture.",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("file", help="sink file or capture of frames back to back")
     p.add_argument("--json", action="store_true", help="one JSON object per frame")
-    p.add_argument("--rows", type=int, default=3, help="rows shown per batch in text mode")
+    p.add_argument("--rows", type=_integer(0), default=3,
+                   help="rows shown per batch in text mode")
     p.set_defaults(run=cmd_inspect)
     return parser
 
 
+def _error_line(command: str, message: str) -> None:
+    print(f"{command}: error: {' '.join(_mask_urls(message).splitlines())}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit status (usage errors exit 2 from the parser)."""
     args = build_parser().parse_args(argv)
+    command = f"fastframe {args.command}"
     try:
-        return args.run(args)
+        status: int = args.run(args)
+        return status
+    except CommandError as exc:
+        _error_line(command, str(exc))
+        return exc.status
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")
         return 0
+    except OSError as exc:  # a file or folder the command cannot read or write
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error_line(command, f"{where}{exc.strerror or exc}")
+        return RUNTIME
+    except KeyboardInterrupt:
+        _error_line(command, "interrupted")
+        return 130

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import logging
 import os
 import socket
 import time
@@ -32,6 +33,9 @@ from .schema import (
 __all__ = ["Client", "ClientError", "Cancelled", "SendSummary", "CSV_COLUMNS", "read_table_csv"]
 
 _MAX_BACKOFF = 5.0  # seconds; retries back off exponentially up to this
+
+# Connection retries are reported here (WARNING), so a caller can show what it waits for.
+log = logging.getLogger("fastframe.client")
 
 # CSV header name -> wire key, where they differ (§9); other headers map to themselves.
 CSV_COLUMNS: Dict[str, Dict[str, str]] = {
@@ -264,14 +268,21 @@ class Client:
 
     def _connect(self) -> None:
         delay = self.backoff
+        host, port = self.address
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         for attempt in range(1, self.connect_attempts + 1):
             try:
                 sock = socket.create_connection(self.address, timeout=self.timeout)
             except OSError as exc:
                 if attempt == self.connect_attempts:
-                    raise ClientError(f"cannot connect to {self.address[0]}:{self.address[1]} "
+                    raise ClientError(f"cannot connect to {where} "
                                       f"after {attempt} attempts: {exc}") from exc
+                reason = exc.strerror.lower() if exc.strerror else str(exc) or type(exc).__name__
+                log.warning("waiting for %s: %s (attempt %d of %d, next in %.1f s)", where,
+                            reason, attempt, self.connect_attempts, delay)
                 time.sleep(delay)
+                if self._cancel_signal is not None:  # no CANCEL batch can go out: stop here
+                    raise Cancelled(self._cancel_signal)
                 delay = min(delay * 2, _MAX_BACKOFF)
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -291,6 +302,8 @@ class Client:
             if self._lost_in_a_row > self.connect_attempts:
                 raise ClientError(f"connection lost {self._lost_in_a_row} times in a row; "
                                   f"last: {cause}")
+            log.warning("connection lost (%s); reconnecting, %d unACKed batches to resend",
+                        cause, len(self._in_flight))
             self._close()
             self._connect()
             try:
