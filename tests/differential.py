@@ -90,7 +90,9 @@ def normalize(value: Any) -> Any:
 
 
 def error_event(exc: BaseException) -> tuple:
-    return ("raise", type(exc).__name__, str(exc), getattr(exc, "opcode", None))
+    # ``fatal`` too: both codecs must agree on whether the stream survived.
+    return ("raise", type(exc).__name__, str(exc), getattr(exc, "opcode", None),
+            getattr(exc, "fatal", None))
 
 
 def outcome(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple:

@@ -520,13 +520,34 @@ INVALID_FRAMES = [
 def test_decoder_invalid_frame_in_the_middle(codec, sample_frames, expected, build, opcode):
     stream = b"".join(sample_frames[:3]) + build(codec) + b"".join(sample_frames[3:])
     decoder = FrameDecoder()
+    assert decoder.feed(stream) == expected[:3]  # the three completed before it
     with pytest.raises(ProtocolError) as info:
-        decoder.feed(stream)
+        decoder.feed(b"")
     assert info.value.opcode == opcode
-    assert decoder.feed(b"") == expected[:3]  # the three completed before it
-    assert decoder.feed(b"") == expected[3:]  # then decoding resumes after it
+    assert info.value.fatal is False  # delimited and consumed: the stream goes on
+    assert decoder.feed(b"") == expected[3:]  # every message after it, at once
     assert decoder.feed(b"") == []
     assert decoder.pending == 0
+
+
+@pytest.mark.parametrize("build,opcode", INVALID_FRAMES)
+def test_decoder_invalid_frame_first_raises_then_gives_the_rest_at_once(codec, sample_frames,
+                                                                        expected, build, opcode):
+    decoder = FrameDecoder()
+    with pytest.raises(ProtocolError) as info:
+        decoder.feed(build(codec) + b"".join(sample_frames))
+    assert (info.value.opcode, info.value.fatal) == (opcode, False)
+    assert decoder.feed(b"") == expected
+
+
+@pytest.mark.parametrize("build,opcode", INVALID_FRAMES)
+def test_decoder_data_fed_with_the_held_error_is_kept(codec, sample_frames, expected, build,
+                                                      opcode):
+    decoder = FrameDecoder()
+    assert decoder.feed(sample_frames[0] + build(codec)) == expected[:1]
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"".join(sample_frames[1:]))  # raises the error, keeps these bytes
+    assert decoder.feed(b"") == expected[1:]
 
 
 @pytest.mark.parametrize("build,opcode", INVALID_FRAMES)
@@ -549,12 +570,13 @@ def test_decoder_two_invalid_frames_back_to_back(codec, sample_frames, expected)
     bad = frame(3, b"") + frame(2, b"xy")
     decoder = FrameDecoder()
     stream = b"".join(sample_frames[:2]) + bad + b"".join(sample_frames[2:])
+    assert decoder.feed(stream) == expected[:2]
     with pytest.raises(ProtocolError) as first:
-        decoder.feed(stream)
-    assert decoder.feed(b"") == expected[:2]
+        decoder.feed(b"")
     with pytest.raises(ProtocolError) as second:
         decoder.feed(b"")
     assert (first.value.opcode, second.value.opcode) == (3, 2)
+    assert not first.value.fatal and not second.value.fatal
     assert decoder.feed(b"") == expected[2:]
 
 
@@ -570,20 +592,22 @@ def test_decoder_undelimitable_header_raises_on_every_later_feed(codec, sample_f
     stream = head + header + b"".join(sample_frames[2:])
     decoder = FrameDecoder()
     if whole_feed:
-        with pytest.raises(ProtocolError):
-            decoder.feed(stream)
         # The two messages before the bad header are not lost with it.
-        assert decoder.feed(b"") == expected[:2]
+        assert decoder.feed(stream) == expected[:2]
+        with pytest.raises(ProtocolError) as info:
+            decoder.feed(b"")
     else:
         assert feed_all(decoder, [head[i:i + 1] for i in range(len(head))]) == expected[:2]
         for i in range(len(head), len(head) + 4):
             assert decoder.feed(stream[i:i + 1]) == []
-        with pytest.raises(ProtocolError):
+        with pytest.raises(ProtocolError) as info:
             decoder.feed(stream[len(head) + 4:])
+    assert info.value.fatal is True
     for more in (b"", FINISHED_7, sample_frames[0]):
         with pytest.raises(ProtocolError) as info:
             decoder.feed(more)
         assert info.value.opcode == header[0]
+        assert info.value.fatal is True
     with pytest.raises(ProtocolError):
         list(decoder.frames(b""))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-from typing import Iterator, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Tuple
 
 from .. import codec
 from ..errors import ProtocolError
@@ -21,6 +21,9 @@ from ..schema import FRAME_HEADER_SIZE
 from . import SinkError
 
 __all__ = ["FileSink", "TornFrameError", "read_frames", "FSYNC_POLICIES"]
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 log = logging.getLogger("fastframe.sinks.file")
 FSYNC_POLICIES = ("always", "never")
@@ -33,7 +36,7 @@ class TornFrameError(ProtocolError):
     """The file ends inside a frame: what a crash mid-write leaves behind."""
 
 
-def _scan(data, size: int) -> Iterator[Tuple[int, int]]:
+def _scan(data: "Buffer", size: int) -> Iterator[Tuple[int, int]]:
     """``(offset, end)`` of each whole frame.
 
     Raises ``TornFrameError`` when the file ends inside a frame and
@@ -44,6 +47,7 @@ def _scan(data, size: int) -> Iterator[Tuple[int, int]]:
         if size - offset < FRAME_HEADER_SIZE:
             raise TornFrameError(f"torn frame at offset {offset}: "
                                  f"{size - offset} of {FRAME_HEADER_SIZE} header bytes present")
+        error: Optional[ProtocolError]
         try:
             opcode, length = codec.impl.read_frame_header(data, offset, _MAX_STORED_FRAME)
         except ProtocolError as exc:
