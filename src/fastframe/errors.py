@@ -23,9 +23,9 @@ class ProtocolError(Exception):
 
     def __init__(self, message: str, opcode: Optional[int] = None, fatal: bool = False) -> None:
         super().__init__(message)
-        self.message = message
-        self.opcode = None if opcode is None else int(opcode)  # never an enum member
-        self.fatal = bool(fatal)
+        self.message: str = message
+        self.opcode: Optional[int] = None if opcode is None else int(opcode)  # never an enum
+        self.fatal: bool = bool(fatal)
 
     def __reduce__(self) -> Tuple[type, Tuple[str, Optional[int], bool]]:
         # keep ``opcode`` and ``fatal`` across pickling (multiprocessing, logging)
@@ -37,8 +37,8 @@ class CsvError(ValueError):
 
     def __init__(self, message: str, line: int) -> None:
         super().__init__(message)
-        self.message = message
-        self.line = line
+        self.message: str = message
+        self.line: int = line
 
     def __reduce__(self) -> Tuple[type, Tuple[str, int]]:
         return (type(self), (self.message, self.line))

@@ -104,7 +104,7 @@ class _Message:
             return NotImplemented
         return all(getattr(self, f) == getattr(other, f) for f in self._fields)
 
-    __hash__ = None  # type: ignore[assignment]  # mutable
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # mutable: not hashable
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
@@ -211,40 +211,40 @@ class NewMenuItems(TableMessage[_MenuItemsRow]):
     """NEW_MENU_ITEMS (4): rows of ``RawMenuItems``."""
 
     __slots__ = ()
-    table = TABLES_BY_NAME["menu_items"]
-    opcode = table.opcode
+    table: ClassVar[TableSpec] = TABLES_BY_NAME["menu_items"]
+    opcode: ClassVar[int] = table.opcode
 
 
 class NewStores(TableMessage[_StoreRow]):
     """NEW_STORES (5): rows of ``RawStore``."""
 
     __slots__ = ()
-    table = TABLES_BY_NAME["stores"]
-    opcode = table.opcode
+    table: ClassVar[TableSpec] = TABLES_BY_NAME["stores"]
+    opcode: ClassVar[int] = table.opcode
 
 
 class NewTransactionItems(TableMessage[_TransactionItemRow]):
     """NEW_TRANSACTION_ITEMS (6): rows of ``RawTransactionItem``."""
 
     __slots__ = ()
-    table = TABLES_BY_NAME["transaction_items"]
-    opcode = table.opcode
+    table: ClassVar[TableSpec] = TABLES_BY_NAME["transaction_items"]
+    opcode: ClassVar[int] = table.opcode
 
 
 class NewTransactions(TableMessage[_TransactionRow]):
     """NEW_TRANSACTION (7): rows of ``RawTransaction``."""
 
     __slots__ = ()
-    table = TABLES_BY_NAME["transactions"]
-    opcode = table.opcode
+    table: ClassVar[TableSpec] = TABLES_BY_NAME["transactions"]
+    opcode: ClassVar[int] = table.opcode
 
 
 class NewUsers(TableMessage[_UserRow]):
     """NEW_USERS (8): rows of ``RawUser``."""
 
     __slots__ = ()
-    table = TABLES_BY_NAME["users"]
-    opcode = table.opcode
+    table: ClassVar[TableSpec] = TABLES_BY_NAME["users"]
+    opcode: ClassVar[int] = table.opcode
 
 
 _TABLE_CLASSES: Dict[int, Type[TableMessage[Any]]] = {
@@ -263,8 +263,13 @@ class EOFMessage(TableMessage[NoReturn]):
     """
 
     __slots__ = ("table_type",)
-    _fields = ("batch_number", "table_type")
-    opcode = Opcodes.EOF
+    _fields: ClassVar[Tuple[str, ...]] = ("batch_number", "table_type")
+    opcode: ClassVar[int] = Opcodes.EOF
+    rows: List[NoReturn]
+    columns: Tuple[str, ...]
+    batch_number: int
+    batch_status: int
+    table_type: str
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "EOFMessage":
         return _Message.__new__(cls)
@@ -309,8 +314,9 @@ class Finished(_Message):
     """FINISHED (3): the agency has sent everything. Body ``[i32 agency_id]``."""
 
     __slots__ = ("agency_id",)
-    _fields = ("agency_id",)
-    opcode = Opcodes.FINISHED
+    _fields: ClassVar[Tuple[str, ...]] = ("agency_id",)
+    opcode: ClassVar[int] = Opcodes.FINISHED
+    agency_id: int
 
     def __init__(self, agency_id: int = 0) -> None:
         self.agency_id = agency_id
@@ -340,14 +346,14 @@ class BatchRecvSuccess(_Ack):
     """BATCH_RECV_SUCCESS (1): the batch reached the sink. Empty body."""
 
     __slots__ = ()
-    opcode = Opcodes.BATCH_RECV_SUCCESS
+    opcode: ClassVar[int] = Opcodes.BATCH_RECV_SUCCESS
 
 
 class BatchRecvFail(_Ack):
     """BATCH_RECV_FAIL (2): the batch was invalid or could not be forwarded. Empty body."""
 
     __slots__ = ()
-    opcode = Opcodes.BATCH_RECV_FAIL
+    opcode: ClassVar[int] = Opcodes.BATCH_RECV_FAIL
 
 
 # -- what decoding gives ----------------------------------------------------
@@ -385,9 +391,10 @@ class DataBatch(_Message, Generic[_Embedded]):
 
     __slots__ = ("table_ids", "query_ids", "reserved_u16", "batch_number", "meta",
                  "total_shards", "shard_num", "batch_bytes", "_batch_msg")
-    _fields = ("table_ids", "query_ids", "reserved_u16", "batch_number", "meta",
-               "total_shards", "shard_num", "batch_bytes")
-    opcode = Opcodes.DATA_BATCH
+    _fields: ClassVar[Tuple[str, ...]] = (
+        "table_ids", "query_ids", "reserved_u16", "batch_number", "meta", "total_shards",
+        "shard_num", "batch_bytes")
+    opcode: ClassVar[int] = Opcodes.DATA_BATCH
     table_ids: List[int]
     query_ids: List[int]
     reserved_u16: int

@@ -25,7 +25,7 @@ __all__ = ["FileSink", "TornFrameError", "read_frames", "FSYNC_POLICIES"]
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-log = logging.getLogger("fastframe.sinks.file")
+log: logging.Logger = logging.getLogger("fastframe.sinks.file")
 FSYNC_POLICIES = ("always", "never")
 # A sink file holds frames of any size the orchestrator wrote; the header check
 # only has to reject lengths that are not frames at all.
@@ -95,7 +95,7 @@ class FileSink:
     def __init__(self, path: "os.PathLike[str] | str", fsync: str = "always") -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
-        self.path = os.fspath(path)
+        self.path: str = os.fspath(path)
         self._fsync = fsync == "always"
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._durable_end = self._cut_torn_tail()

@@ -52,7 +52,7 @@ _PERSISTENT = pika.BasicProperties(
     content_type="application/octet-stream",
 )
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 
 def routing_key(query_id: int) -> str:
