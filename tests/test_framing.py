@@ -640,6 +640,71 @@ def test_decoder_frames_larger_than_its_buffer(codec, piece):
     assert decoder.pending == 0
 
 
+# -- ProtocolError.fatal: is the stream still aligned? ----------------------------------
+
+UNDELIMITABLE_HEADERS = [
+    pytest.param(b"\x07\x00\x00", "truncated: need 5 bytes at offset 0, have 3", None,
+                 id="short"),
+    pytest.param(struct.pack("<Bi", 10, 0), "unknown opcode 10", 10, id="unknown-opcode"),
+    pytest.param(struct.pack("<Bi", 255, 0), "unknown opcode 255", 255, id="opcode-255"),
+    pytest.param(struct.pack("<Bi", 7, -1), "negative frame length -1", 7, id="negative"),
+    pytest.param(struct.pack("<Bi", 7, 1001), "frame length 1001 exceeds the limit of 1000 bytes",
+                 7, id="over-limit"),
+]
+
+
+@pytest.mark.parametrize("header,message,opcode", UNDELIMITABLE_HEADERS)
+def test_header_errors_are_fatal(codec, header, message, opcode):
+    with pytest.raises(ProtocolError) as info:
+        codec.read_frame_header(header, 0, 1000)
+    assert (info.value.message, info.value.opcode, info.value.fatal) == (message, opcode, True)
+
+
+@pytest.mark.parametrize("build,opcode", INVALID_FRAMES)
+def test_body_errors_are_not_fatal_whichever_reader(codec, build, opcode):
+    data = build(codec)
+    errors = []
+    for read in (decode_frame, lambda d: FrameDecoder().feed(d),
+                 lambda d: FrameReader(FakeSocket(d)).read_message(), recv_msg_all):
+        with pytest.raises(ProtocolError) as info:
+            read(data)
+        errors.append((info.value.opcode, info.value.fatal))
+    assert errors == [(opcode, False)] * 4
+
+
+@pytest.mark.parametrize("header,message,opcode", UNDELIMITABLE_HEADERS[1:])
+def test_header_errors_are_fatal_whichever_reader(codec, header, message, opcode):
+    data = header + bytes(2000)
+    for read in (lambda d: decode_frame(d, 1000), lambda d: FrameDecoder(1000).feed(d),
+                 lambda d: FrameReader(FakeSocket(d), max_frame=1000).read_frame(),
+                 lambda d: recv_msg(FakeSocket(d), 1000)):
+        with pytest.raises(ProtocolError) as info:
+            read(data)
+        assert (info.value.message, info.value.fatal) == (message, True)
+
+
+def test_decode_frame_length_mismatch_is_fatal(codec):
+    with pytest.raises(ProtocolError) as info:
+        decode_frame(FINISHED_7 + b"\x00")
+    assert (info.value.opcode, info.value.fatal) == (3, True)
+
+
+def test_read_from_length_checks_are_fatal(codec):
+    for length in (-1, DEFAULT_MAX_FRAME + 1):
+        with pytest.raises(ProtocolError) as info:
+            Finished().read_from(FakeSocket(b""), length)
+        assert (info.value.opcode, info.value.fatal) == (3, True)
+
+
+@pytest.mark.parametrize("fatal", [True, False])
+def test_fatal_survives_pickling_and_defaults_to_false(fatal):
+    import pickle
+
+    error = pickle.loads(pickle.dumps(ProtocolError("bad", 7, fatal)))
+    assert (type(error), error.message, error.opcode, error.fatal) == (ProtocolError, "bad", 7, fatal)
+    assert ProtocolError("bad").fatal is False
+
+
 # -- property: any chunking gives the same messages ------------------------------------
 
 _SETTINGS = settings(max_examples=60, deadline=None,

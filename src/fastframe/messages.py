@@ -150,14 +150,14 @@ class TableMessage(_Message, Generic[_Row]):
     batch_status: int
     columns: Tuple[str, ...]
 
-    def __new__(cls, opcode: Optional[int] = None, *args: Any,
-                **kwargs: Any) -> "TableMessage[Any]":
-        # TableMessage(opcode, ...) builds the class of that table (NewStores …).
-        if cls is TableMessage:
-            if opcode not in _TABLE_CLASSES:
-                raise ValueError(f"not a table opcode: {opcode!r}")
-            cls = _TABLE_CLASSES[opcode]
-        return super().__new__(cls)
+    if not TYPE_CHECKING:  # hidden from type checkers, which infer the row type from __init__
+        def __new__(cls, opcode=None, *args, **kwargs):
+            # TableMessage(opcode, ...) builds the class of that table (NewStores …).
+            if cls is TableMessage:
+                if opcode not in _TABLE_CLASSES:
+                    raise ValueError(f"not a table opcode: {opcode!r}")
+                cls = _TABLE_CLASSES[opcode]
+            return super().__new__(cls)
 
     def __init__(self, opcode: Optional[int] = None,
                  required_keys: Optional[Sequence[str]] = None,
@@ -271,8 +271,9 @@ class EOFMessage(TableMessage[NoReturn]):
     batch_status: int
     table_type: str
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "EOFMessage":
-        return _Message.__new__(cls)
+    if not TYPE_CHECKING:
+        def __new__(cls, *args, **kwargs):
+            return _Message.__new__(cls)
 
     def __init__(self, batch_number: int = 0, table_type: str = "menu_items") -> None:
         if table_type not in TABLES_BY_NAME:
