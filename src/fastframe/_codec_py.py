@@ -16,7 +16,7 @@ import operator
 import re
 import struct
 from typing import (
-    TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Literal, Mapping, Optional, Pattern,
+    TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Literal, Mapping, Optional,
     Sequence, Tuple, Union, overload,
 )
 
@@ -445,7 +445,7 @@ def _row_order(opcode: int, body: bytes, pos: int,
 
 @functools.lru_cache(maxsize=64)  # bounded: a peer picks the key orders
 def _row_pattern(opcode: int, order: Tuple[int, ...]) -> Tuple[
-        Pattern[str], int, Callable[[Sequence[Any]], Tuple[Any, ...]],
+        re.Pattern[str], int, Callable[[Sequence[Any]], Tuple[Any, ...]],
         Callable[[Sequence[Any]], Tuple[Any, ...]]]:
     """``(regex, fixed, values_of, lengths_of)`` for full rows whose keys come in ``order``.
 
