@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from typing import (
-    TYPE_CHECKING, Any, Generic, Iterator, List, Literal, Optional, Tuple, cast, overload,
+    TYPE_CHECKING, Any, Generic, Iterator, List, Literal, Optional, Tuple, overload,
 )
 
 from . import codec
@@ -355,10 +355,10 @@ class FrameDecoder(Generic[_M]):
         error, self._error = self._error, None
         if error is not None:
             raise error
-        ready: List[_M] = []
+        ready: List[Any] = []  # of _M: the row type chose the overload at construction
         try:
             for opcode, body in self._complete_frames():
-                ready.append(cast("_M", decode_message(opcode, body, self._row_type)))
+                ready.append(decode_message(opcode, body, self._row_type))
         except ProtocolError as exc:
             if not ready:
                 raise

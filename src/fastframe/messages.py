@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import (
     TYPE_CHECKING, Any, Callable, ClassVar, Dict, Generic, List, Literal, NoReturn, Optional,
-    Protocol, Sequence, Tuple, Type, Union, cast, overload,
+    Protocol, Sequence, Tuple, Type, Union, overload,
 )
 
 from . import codec
@@ -186,12 +186,12 @@ class TableMessage(_Message, Generic[_Row]):
         factory = self._row_factory
         if factory is not None and factory is not self.table.row_class:
             row_type = "dict"
-        (self.batch_number, self.batch_status, self.columns,
-         rows) = codec.impl.decode_table_body(self.opcode, body, row_type, None, projected)
+        decoded: Any = codec.impl.decode_table_body(self.opcode, body, row_type, None, projected)
+        # rows of _Row: the row type the caller's row_type chose
+        self.batch_number, self.batch_status, self.columns, rows = decoded
         if factory is not None and factory is not self.table.row_class:
-            self.rows = [factory(**row) for row in cast(List[DictRow], rows)]
-        else:
-            self.rows = cast(List[_Row], rows)
+            rows = [factory(**row) for row in rows]
+        self.rows = rows
 
     def to_bytes(self) -> bytes:
         """The whole frame: ``[u8 opcode][i32 length][table body]``."""
@@ -251,6 +251,7 @@ _TABLE_CLASSES: Dict[int, Type[TableMessage[Any]]] = {
     cls.table.opcode: cls
     for cls in (NewMenuItems, NewStores, NewTransactionItems, NewTransactions, NewUsers)
 }
+_TABLE_CLASSES_SET = frozenset(_TABLE_CLASSES.values())
 
 
 # -- EOF, FINISHED, ACKs ----------------------------------------------------
@@ -442,8 +443,9 @@ class DataBatch(_Message, Generic[_Embedded]):
         """
         if self._batch_msg is None and self.batch_bytes is not None:
             frame = self.batch_bytes
-            self._batch_msg = cast("_Embedded", decode_message(
-                frame[0], memoryview(frame)[FRAME_HEADER_SIZE:], projected=True))
+            embedded: Any = decode_message(frame[0], memoryview(frame)[FRAME_HEADER_SIZE:],
+                                           projected=True)
+            self._batch_msg = embedded
         return self._batch_msg
 
     def _header(self) -> bytes:
@@ -466,8 +468,8 @@ class DataBatch(_Message, Generic[_Embedded]):
          inner_at) = codec.impl.decode_databatch_body(body)
         view = memoryview(body).cast("B")
         self.batch_bytes = bytes(view[inner_at - FRAME_HEADER_SIZE:])
-        self._batch_msg = cast("_Embedded", decode_message(
-            inner_opcode, view[inner_at:], row_type=row_type, projected=True))
+        embedded: Any = decode_message(inner_opcode, view[inner_at:], row_type, projected=True)
+        self._batch_msg = embedded  # of _Embedded: the row type the caller's row_type chose
 
 
 def _embedded_batch_number(frame: Optional[bytes]) -> int:
@@ -522,11 +524,11 @@ def decode_message(opcode: int, body: "Buffer", row_type: RowType = "object",
     cls = _TABLE_CLASSES.get(opcode) or _SIMPLE_CLASSES.get(opcode)
     if cls is None:
         raise ProtocolError(f"unknown opcode {opcode}", opcode)
-    msg = _Message.__new__(cls)
-    if isinstance(msg, TableMessage):
+    msg: Any = _Message.__new__(cls)  # object.__new__: no Python frame
+    if cls in _TABLE_CLASSES_SET:
         msg._row_factory = None
     msg._decode(body, row_type, projected)
-    return cast("AnyMessage", msg)
+    return msg  # type: ignore[no-any-return]  # the class of ``opcode``
 
 
 @overload
