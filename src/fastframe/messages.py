@@ -44,21 +44,22 @@ else:
 __all__ = [
     "TableMessage", "NewMenuItems", "NewStores", "NewTransactionItems", "NewTransactions",
     "NewUsers", "EOFMessage", "Finished", "BatchRecvSuccess", "BatchRecvFail", "DataBatch",
-    "Message", "EmbeddedMessage", "DictRowsMessage", "TupleRowsMessage", "AnyMessage",
-    "recv_msg", "decode_message", "decode_frame",
+    "Message", "EmbeddedMessage", "DictRowsMessage", "DictRowsEmbedded", "TupleRowsMessage",
+    "TupleRowsEmbedded", "AnyMessage", "Readable", "Writable", "recv_msg", "decode_message",
+    "decode_frame",
 ]
 
 
 class Readable(Protocol):
     """What ``recv_msg`` and ``read_from`` read from: a blocking socket's ``recv_into``."""
 
-    def recv_into(self, buffer: "Buffer", nbytes: int = ..., flags: int = ...) -> int: ...
+    def recv_into(self, buffer: "Buffer", /) -> int: ...
 
 
 class Writable(Protocol):
     """What ``write_to`` sends to: a blocking socket's ``sendall``."""
 
-    def sendall(self, data: "Buffer", flags: int = ..., /) -> None: ...
+    def sendall(self, data: "Buffer", /) -> None: ...
 
 
 def _recv_exactly(sock: Readable, length: int, received_before: int = 0) -> bytearray:
