@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Type checks: the package under `mypy --strict` ([tool.mypy] in pyproject.toml),
 # the README's asyncio example under `mypy --strict` too, the return types the
-# API promises (tests/typing/api_types.py) under mypy and pyright, and pyright's
+# API promises (tests/static_types/api_types.py) under mypy and pyright, and pyright's
 # `--verifytypes` completeness of the public API, which must be at least
 # FASTFRAME_MIN_TYPE_SCORE percent (default 95). Fails if any of them fails.
 #
@@ -40,10 +40,10 @@ else
   MYPYPATH=src "$PY" -m mypy --strict --follow-imports=silent "$work/readme_asyncio.py" || status=1
 fi
 
-echo "== mypy --strict and pyright: the API's promised types (tests/typing) =="
-MYPYPATH=src "$PY" -m mypy --strict --follow-imports=silent tests/typing/api_types.py || status=1
+echo "== mypy --strict and pyright: the API's promised types (tests/static_types) =="
+MYPYPATH=src "$PY" -m mypy --strict --follow-imports=silent tests/static_types/api_types.py || status=1
 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m pyright --pythonpath "$PY" \
-  tests/typing/api_types.py || status=1
+  tests/static_types/api_types.py || status=1
 
 echo "== pyright --verifytypes fastframe (at least $MIN_SCORE%) =="
 # pyright imports fastframe through the given interpreter; PYTHONPATH puts
