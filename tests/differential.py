@@ -90,7 +90,9 @@ def normalize(value: Any) -> Any:
 
 
 def error_event(exc: BaseException) -> tuple:
-    return ("raise", type(exc).__name__, str(exc), getattr(exc, "opcode", None))
+    # ``fatal`` too: both codecs must agree on whether the stream survived.
+    return ("raise", type(exc).__name__, str(exc), getattr(exc, "opcode", None),
+            getattr(exc, "fatal", None))
 
 
 def outcome(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple:
@@ -260,33 +262,36 @@ class FakeSocket:
 def decoder_events(pieces: Sequence[bytes], max_frame: int, row_type: str) -> Events:
     """What ``FrameDecoder.feed`` gives for ``pieces``: messages and errors, in order.
 
-    After an error, and at the end, the decoder is fed ``b""`` until a call
-    returns nothing before the next piece: the messages completed before an
-    error come from the call after it, and decoding resumes on the call after
-    that. The same error again from a ``feed(b"")`` that consumed nothing is a
-    header that cannot be delimited: the stream is dead there.
+    After a call that returned messages or raised, and at the end, the decoder
+    is fed ``b""`` until a call returns nothing before the next piece: an
+    error found after the messages a call returned comes from the next call,
+    and the messages after an error from the call after it. A fatal error (a
+    header that cannot be delimited) must come again from every later call:
+    the stream is dead there.
     """
     decoder = framing.FrameDecoder(max_frame=max_frame, row_type=row_type)
     events = Events()
-    last_error = None
     queue = list(pieces)
     while True:
         data = queue.pop(0) if queue else b""
-        before = decoder.pending
         try:
             got = decoder.feed(data)
         except ProtocolError as exc:
             event = error_event(exc)
-            if not data and decoder.pending == before and event == last_error:
-                return Events(events + [("dead",)])
             events.append(event)
-            last_error = event
+            if exc.fatal:
+                try:
+                    decoder.feed(b"")
+                except ProtocolError as again:
+                    if error_event(again) == event:
+                        return Events(events + [("dead",)])
+                return Events(events + [("fatal error not raised again",)])
             queue.insert(0, b"")
             continue
         events.extend(normalize(m) for m in got)
-        if got and not data:
-            queue.insert(0, b"")  # what was ready after an error: decoding resumes next call
-        elif not (queue or data or got):
+        if got:
+            queue.insert(0, b"")  # an error may follow them
+        elif not (queue or data):
             return Events(events + [("end", decoder.pending)])
 
 
@@ -417,27 +422,13 @@ def check(data: bytes, codecs: Dict[str, Any], skip: Iterable[str] = ()) -> None
                     messages_api=True)
     if "stream-consistency" not in skip:
         for codec_name, runs in per_codec.items():
-            (first_name, first), *others = [(n, _separated(events)) for n, events in runs]
+            (first_name, first), *others = runs
             for other_name, other in others:
                 if other != first:
                     raise Finding(
                         f"stream-consistency on {codec_name}: {first_name} and {other_name} "
                         f"disagree\n  {first_name}: {_short(first)}\n  {other_name}: "
                         f"{_short(other)}\n  input: {data.hex()}")
-
-
-def _separated(outcome_: Any) -> Any:
-    """A stream's messages, its errors and how it ended, each kept in order.
-
-    Where an error falls among the messages is not part of the contract: a
-    ``FrameDecoder`` fed a whole stream raises for an invalid frame first and
-    returns the messages completed before it on the next ``feed``.
-    """
-    if outcome_[0] != "events":
-        return outcome_
-    events = outcome_[1]
-    return ([e for e in events[:-1] if e[0] != "raise"],
-            [e for e in events[:-1] if e[0] == "raise"], events[-1])
 
 
 class _Results:

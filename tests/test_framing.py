@@ -520,13 +520,34 @@ INVALID_FRAMES = [
 def test_decoder_invalid_frame_in_the_middle(codec, sample_frames, expected, build, opcode):
     stream = b"".join(sample_frames[:3]) + build(codec) + b"".join(sample_frames[3:])
     decoder = FrameDecoder()
+    assert decoder.feed(stream) == expected[:3]  # the three completed before it
     with pytest.raises(ProtocolError) as info:
-        decoder.feed(stream)
+        decoder.feed(b"")
     assert info.value.opcode == opcode
-    assert decoder.feed(b"") == expected[:3]  # the three completed before it
-    assert decoder.feed(b"") == expected[3:]  # then decoding resumes after it
+    assert info.value.fatal is False  # delimited and consumed: the stream goes on
+    assert decoder.feed(b"") == expected[3:]  # every message after it, at once
     assert decoder.feed(b"") == []
     assert decoder.pending == 0
+
+
+@pytest.mark.parametrize("build,opcode", INVALID_FRAMES)
+def test_decoder_invalid_frame_first_raises_then_gives_the_rest_at_once(codec, sample_frames,
+                                                                        expected, build, opcode):
+    decoder = FrameDecoder()
+    with pytest.raises(ProtocolError) as info:
+        decoder.feed(build(codec) + b"".join(sample_frames))
+    assert (info.value.opcode, info.value.fatal) == (opcode, False)
+    assert decoder.feed(b"") == expected
+
+
+@pytest.mark.parametrize("build,opcode", INVALID_FRAMES)
+def test_decoder_data_fed_with_the_held_error_is_kept(codec, sample_frames, expected, build,
+                                                      opcode):
+    decoder = FrameDecoder()
+    assert decoder.feed(sample_frames[0] + build(codec)) == expected[:1]
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"".join(sample_frames[1:]))  # raises the error, keeps these bytes
+    assert decoder.feed(b"") == expected[1:]
 
 
 @pytest.mark.parametrize("build,opcode", INVALID_FRAMES)
@@ -549,12 +570,13 @@ def test_decoder_two_invalid_frames_back_to_back(codec, sample_frames, expected)
     bad = frame(3, b"") + frame(2, b"xy")
     decoder = FrameDecoder()
     stream = b"".join(sample_frames[:2]) + bad + b"".join(sample_frames[2:])
+    assert decoder.feed(stream) == expected[:2]
     with pytest.raises(ProtocolError) as first:
-        decoder.feed(stream)
-    assert decoder.feed(b"") == expected[:2]
+        decoder.feed(b"")
     with pytest.raises(ProtocolError) as second:
         decoder.feed(b"")
     assert (first.value.opcode, second.value.opcode) == (3, 2)
+    assert not first.value.fatal and not second.value.fatal
     assert decoder.feed(b"") == expected[2:]
 
 
@@ -570,20 +592,22 @@ def test_decoder_undelimitable_header_raises_on_every_later_feed(codec, sample_f
     stream = head + header + b"".join(sample_frames[2:])
     decoder = FrameDecoder()
     if whole_feed:
-        with pytest.raises(ProtocolError):
-            decoder.feed(stream)
         # The two messages before the bad header are not lost with it.
-        assert decoder.feed(b"") == expected[:2]
+        assert decoder.feed(stream) == expected[:2]
+        with pytest.raises(ProtocolError) as info:
+            decoder.feed(b"")
     else:
         assert feed_all(decoder, [head[i:i + 1] for i in range(len(head))]) == expected[:2]
         for i in range(len(head), len(head) + 4):
             assert decoder.feed(stream[i:i + 1]) == []
-        with pytest.raises(ProtocolError):
+        with pytest.raises(ProtocolError) as info:
             decoder.feed(stream[len(head) + 4:])
+    assert info.value.fatal is True
     for more in (b"", FINISHED_7, sample_frames[0]):
         with pytest.raises(ProtocolError) as info:
             decoder.feed(more)
         assert info.value.opcode == header[0]
+        assert info.value.fatal is True
     with pytest.raises(ProtocolError):
         list(decoder.frames(b""))
 
@@ -614,6 +638,71 @@ def test_decoder_frames_larger_than_its_buffer(codec, piece):
     assert got == [Finished(7), decode_frame(big[0]), BatchRecvSuccess(), decode_frame(big[1]),
                    decode_frame(big[2])]
     assert decoder.pending == 0
+
+
+# -- ProtocolError.fatal: is the stream still aligned? ----------------------------------
+
+UNDELIMITABLE_HEADERS = [
+    pytest.param(b"\x07\x00\x00", "truncated: need 5 bytes at offset 0, have 3", None,
+                 id="short"),
+    pytest.param(struct.pack("<Bi", 10, 0), "unknown opcode 10", 10, id="unknown-opcode"),
+    pytest.param(struct.pack("<Bi", 255, 0), "unknown opcode 255", 255, id="opcode-255"),
+    pytest.param(struct.pack("<Bi", 7, -1), "negative frame length -1", 7, id="negative"),
+    pytest.param(struct.pack("<Bi", 7, 1001), "frame length 1001 exceeds the limit of 1000 bytes",
+                 7, id="over-limit"),
+]
+
+
+@pytest.mark.parametrize("header,message,opcode", UNDELIMITABLE_HEADERS)
+def test_header_errors_are_fatal(codec, header, message, opcode):
+    with pytest.raises(ProtocolError) as info:
+        codec.read_frame_header(header, 0, 1000)
+    assert (info.value.message, info.value.opcode, info.value.fatal) == (message, opcode, True)
+
+
+@pytest.mark.parametrize("build,opcode", INVALID_FRAMES)
+def test_body_errors_are_not_fatal_whichever_reader(codec, build, opcode):
+    data = build(codec)
+    errors = []
+    for read in (decode_frame, lambda d: FrameDecoder().feed(d),
+                 lambda d: FrameReader(FakeSocket(d)).read_message(), recv_msg_all):
+        with pytest.raises(ProtocolError) as info:
+            read(data)
+        errors.append((info.value.opcode, info.value.fatal))
+    assert errors == [(opcode, False)] * 4
+
+
+@pytest.mark.parametrize("header,message,opcode", UNDELIMITABLE_HEADERS[1:])
+def test_header_errors_are_fatal_whichever_reader(codec, header, message, opcode):
+    data = header + bytes(2000)
+    for read in (lambda d: decode_frame(d, 1000), lambda d: FrameDecoder(1000).feed(d),
+                 lambda d: FrameReader(FakeSocket(d), max_frame=1000).read_frame(),
+                 lambda d: recv_msg(FakeSocket(d), 1000)):
+        with pytest.raises(ProtocolError) as info:
+            read(data)
+        assert (info.value.message, info.value.fatal) == (message, True)
+
+
+def test_decode_frame_length_mismatch_is_fatal(codec):
+    with pytest.raises(ProtocolError) as info:
+        decode_frame(FINISHED_7 + b"\x00")
+    assert (info.value.opcode, info.value.fatal) == (3, True)
+
+
+def test_read_from_length_checks_are_fatal(codec):
+    for length in (-1, DEFAULT_MAX_FRAME + 1):
+        with pytest.raises(ProtocolError) as info:
+            Finished().read_from(FakeSocket(b""), length)
+        assert (info.value.opcode, info.value.fatal) == (3, True)
+
+
+@pytest.mark.parametrize("fatal", [True, False])
+def test_fatal_survives_pickling_and_defaults_to_false(fatal):
+    import pickle
+
+    error = pickle.loads(pickle.dumps(ProtocolError("bad", 7, fatal)))
+    assert (type(error), error.message, error.opcode, error.fatal) == (ProtocolError, "bad", 7, fatal)
+    assert ProtocolError("bad").fatal is False
 
 
 # -- property: any chunking gives the same messages ------------------------------------

@@ -9,11 +9,14 @@ from .codec import __impl__
 from .errors import ProtocolError
 from .framing import FrameDecoder, FrameReader
 from .messages import (
-    BatchRecvFail, BatchRecvSuccess, DataBatch, EOFMessage, Finished, NewMenuItems, NewStores,
-    NewTransactionItems, NewTransactions, NewUsers, TableMessage, decode_frame, decode_message,
-    recv_msg,
+    AnyMessage, BatchRecvFail, BatchRecvSuccess, DataBatch, DictRowsMessage, EmbeddedMessage,
+    EOFMessage, Finished, Message, NewMenuItems, NewStores, NewTransactionItems, NewTransactions,
+    NewUsers, TableMessage, TupleRowsMessage, decode_frame, decode_message, recv_msg,
 )
-from .rows import RawMenuItems, RawStore, RawTransaction, RawTransactionItem, RawUser
+from .rows import (
+    DictRow, RawMenuItems, RawStore, RawTransaction, RawTransactionItem, RawUser, RowType,
+    TableRow, TupleRow,
+)
 from .schema import TABLES, BatchStatus, Opcodes
 
 __version__ = "0.1.0"
@@ -23,5 +26,7 @@ __all__ = [
     "recv_msg", "decode_frame", "decode_message", "FrameReader", "FrameDecoder",
     "TableMessage", "NewMenuItems", "NewStores", "NewTransactionItems", "NewTransactions",
     "NewUsers", "EOFMessage", "Finished", "BatchRecvSuccess", "BatchRecvFail", "DataBatch",
+    "Message", "EmbeddedMessage", "DictRowsMessage", "TupleRowsMessage", "AnyMessage",
     "RawMenuItems", "RawStore", "RawTransactionItem", "RawTransaction", "RawUser",
+    "RowType", "TableRow", "DictRow", "TupleRow",
 ]

@@ -812,8 +812,9 @@ cdef bytes _frame(Buf* b, int opcode):
 def read_frame_header(buf, offset=0, max_length=DEFAULT_MAX_FRAME):
     """``[u8 opcode][i32 length]`` -> ``(opcode, length)``.
 
-    An unknown opcode, a negative length or one over ``max_length`` is a
-    ``ProtocolError``: such a frame cannot be delimited or must not be read.
+    Fewer than 5 bytes, an unknown opcode, a negative length or one over
+    ``max_length`` is a fatal ``ProtocolError`` (``fatal=True``): such a frame
+    cannot be delimited or must not be read.
     """
     cdef Py_buffer view
     cdef Py_ssize_t off
@@ -822,18 +823,21 @@ def read_frame_header(buf, offset=0, max_length=DEFAULT_MAX_FRAME):
     _get_bytes(buf, &view)
     try:
         off = _offset(offset)
-        _need(&view, off, 5, offset)
+        if view.len - off < 5:
+            error = _truncated(5, offset, view.len - off, None)
+            error.fatal = True
+            raise error
         opcode = (<const uint8_t*>view.buf)[off]
         length = ff_get_i32(<const char*>view.buf + off + 1)
     finally:
         PyBuffer_Release(&view)
     if opcode > _MAX_OPCODE:
-        raise ProtocolError(f"unknown opcode {opcode}", opcode)
+        raise ProtocolError(f"unknown opcode {opcode}", opcode, True)
     if length < 0:
-        raise ProtocolError(f"negative frame length {length}", opcode)
+        raise ProtocolError(f"negative frame length {length}", opcode, True)
     if length > max_length:
         raise ProtocolError(f"frame length {length} exceeds the limit of {max_length} bytes",
-                            opcode)
+                            opcode, True)
     return opcode, length
 
 

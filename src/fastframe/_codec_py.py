@@ -15,12 +15,19 @@ import itertools
 import operator
 import re
 import struct
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Literal, Mapping, Optional,
+    Sequence, Tuple, Union, overload,
+)
 
 from .errors import CsvError, ProtocolError
+from .rows import DictRow, RowType, TableRow, TupleRow
 from .schema import (
-    DEFAULT_MAX_FRAME, EOF_KEY, TABLES_BY_NAME, TABLES_BY_OPCODE, BatchStatus, Opcodes,
+    DEFAULT_MAX_FRAME, EOF_KEY, TABLES_BY_NAME, TABLES_BY_OPCODE, BatchStatus, Opcodes, TableSpec,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = [
     "read_u8", "read_u16", "read_i32", "read_i64", "read_string", "read_string_map",
@@ -42,8 +49,14 @@ _unpack_i32 = _I32.unpack_from
 _pack_i32 = _I32.pack
 
 _ROW_TYPES = ("object", "dict", "tuple")
+# Every UTF-8 decode names its codec here (a test swaps in a decoder as lenient
+# as PyPy's, which lets encoded surrogates through).
+_UTF8 = "utf-8"
+# An encoded surrogate (U+D800..U+DFFF): not UTF-8, though some decoders take
+# it. In valid UTF-8, 0xED followed by 0xA0..0xBF is nothing else.
+_SURROGATE = re.compile(b"\xed[\xa0-\xbf]")
 _MAX_OPCODE = max(Opcodes)
-_ACK_NAMES = {Opcodes.BATCH_RECV_SUCCESS: "BATCH_RECV_SUCCESS",
+_ACK_NAMES: Dict[int, str] = {Opcodes.BATCH_RECV_SUCCESS: "BATCH_RECV_SUCCESS",
               Opcodes.BATCH_RECV_FAIL: "BATCH_RECV_FAIL"}
 # Wire key bytes -> the one str object used for that key in every row.
 _KEY_LOOKUP: Dict[int, Dict[bytes, str]] = {
@@ -81,29 +94,29 @@ def _check_offset(offset: int) -> None:
 
 def _read_fixed(st: struct.Struct, buf: Any, offset: int, opcode: Optional[int]) -> Tuple[int, int]:
     _check_offset(offset)
-    buf = _bytes_of(buf)
+    data = _bytes_of(buf)
     end = offset + st.size
-    if end > len(buf):
-        raise _truncated(st.size, offset, len(buf), opcode)
-    return st.unpack_from(buf, offset)[0], end
+    if end > len(data):
+        raise _truncated(st.size, offset, len(data), opcode)
+    return st.unpack_from(data, offset)[0], end
 
 
-def read_u8(buf: Any, offset: int = 0) -> Tuple[int, int]:
+def read_u8(buf: Buffer, offset: int = 0) -> Tuple[int, int]:
     """``[u8]`` at ``offset`` -> ``(value, offset + 1)``."""
     return _read_fixed(_U8, buf, offset, None)
 
 
-def read_u16(buf: Any, offset: int = 0) -> Tuple[int, int]:
+def read_u16(buf: Buffer, offset: int = 0) -> Tuple[int, int]:
     """``[u16 LE]`` at ``offset`` -> ``(value, offset + 2)``."""
     return _read_fixed(_U16, buf, offset, None)
 
 
-def read_i32(buf: Any, offset: int = 0) -> Tuple[int, int]:
+def read_i32(buf: Buffer, offset: int = 0) -> Tuple[int, int]:
     """``[i32 LE]`` at ``offset`` -> ``(value, offset + 4)``."""
     return _read_fixed(_I32, buf, offset, None)
 
 
-def read_i64(buf: Any, offset: int = 0) -> Tuple[int, int]:
+def read_i64(buf: Buffer, offset: int = 0) -> Tuple[int, int]:
     """``[i64 LE]`` at ``offset`` -> ``(value, offset + 8)``."""
     return _read_fixed(_I64, buf, offset, None)
 
@@ -123,41 +136,43 @@ def _read_string_bytes(buf: Any, offset: int, size: int, opcode: Optional[int]) 
 
 
 def _utf8(raw: Any, offset: int, opcode: Optional[int]) -> str:
-    try:
-        return str(raw, "utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError(f"invalid UTF-8 in string at offset {offset}", opcode) from None
+    if _SURROGATE.search(raw) is None:  # checked, not left to the interpreter's decoder
+        try:
+            return str(raw, _UTF8)
+        except UnicodeDecodeError:
+            pass
+    raise ProtocolError(f"invalid UTF-8 in string at offset {offset}", opcode)
 
 
-def read_string(buf: Any, offset: int = 0) -> Tuple[str, int]:
+def read_string(buf: Buffer, offset: int = 0) -> Tuple[str, int]:
     """``[i32 n][n bytes of UTF-8]`` -> ``(str, next_offset)``."""
-    buf = _bytes_of(buf)
+    data = _bytes_of(buf)
     _check_offset(offset)
-    raw, end = _read_string_bytes(buf, offset, len(buf), None)
+    raw, end = _read_string_bytes(data, offset, len(data), None)
     return _utf8(raw, offset, None), end
 
 
-def read_string_map(buf: Any, offset: int = 0) -> Tuple[Dict[str, str], int]:
+def read_string_map(buf: Buffer, offset: int = 0) -> Tuple[Dict[str, str], int]:
     """``[i32 nPairs]([key string][value string]) * nPairs`` -> ``(dict, next_offset)``.
 
     A repeated key is an error (a map has one value per key).
     """
-    buf = _bytes_of(buf)
+    data = _bytes_of(buf)
     _check_offset(offset)
-    size = len(buf)
+    size = len(data)
     if offset + 4 > size:
         raise _truncated(4, offset, size, None)
-    n = _unpack_i32(buf, offset)[0]
+    n = _unpack_i32(data, offset)[0]
     if n < 0:
         raise ProtocolError(f"negative pair count {n} at offset {offset}")
     pos = offset + 4
     result: Dict[str, str] = {}
     for _ in range(n):
         start = pos
-        raw, pos = _read_string_bytes(buf, pos, size, None)
+        raw, pos = _read_string_bytes(data, pos, size, None)
         key = _utf8(raw, start, None)
         start = pos
-        raw, pos = _read_string_bytes(buf, pos, size, None)
+        raw, pos = _read_string_bytes(data, pos, size, None)
         value = _utf8(raw, start, None)
         if key in result:
             raise ProtocolError(f"duplicate key {key!r} in string map at offset {offset}")
@@ -165,22 +180,22 @@ def read_string_map(buf: Any, offset: int = 0) -> Tuple[Dict[str, str], int]:
     return result, pos
 
 
-def read_u8_list(buf: Any, offset: int = 0) -> Tuple[List[int], int]:
+def read_u8_list(buf: Buffer, offset: int = 0) -> Tuple[List[int], int]:
     """``[u8 n][n x u8]`` -> ``(list, next_offset)``."""
-    buf = _bytes_of(buf)
-    n, pos = read_u8(buf, offset)
-    if pos + n > len(buf):
-        raise _truncated(n, pos, len(buf), None)
-    return list(bytes(buf[pos:pos + n])), pos + n
+    data = _bytes_of(buf)
+    n, pos = read_u8(data, offset)
+    if pos + n > len(data):
+        raise _truncated(n, pos, len(data), None)
+    return list(bytes(data[pos:pos + n])), pos + n
 
 
-def read_u8_dict(buf: Any, offset: int = 0) -> Tuple[Dict[int, int], int]:
+def read_u8_dict(buf: Buffer, offset: int = 0) -> Tuple[Dict[int, int], int]:
     """``[u8 n]([key u8][value u8]) * n`` -> ``(dict, next_offset)``; a repeated key is an error."""
-    buf = _bytes_of(buf)
-    n, pos = read_u8(buf, offset)
-    if pos + 2 * n > len(buf):
-        raise _truncated(2 * n, pos, len(buf), None)
-    raw = bytes(buf[pos:pos + 2 * n])
+    data = _bytes_of(buf)
+    n, pos = read_u8(data, offset)
+    if pos + 2 * n > len(data):
+        raise _truncated(2 * n, pos, len(data), None)
+    raw = bytes(data[pos:pos + 2 * n])
     result: Dict[int, int] = {}
     for i in range(0, 2 * n, 2):
         if raw[i] in result:
@@ -229,7 +244,7 @@ class Writer:
     def write_i64(self, value: int) -> None:
         self._buf += _I64.pack(_check_range("i64", value, -(1 << 63), (1 << 63) - 1))
 
-    def write_bytes(self, data: Any) -> None:
+    def write_bytes(self, data: Buffer) -> None:
         self._buf += data
 
     def write_string(self, value: str) -> None:
@@ -264,51 +279,55 @@ class Writer:
 
 # -- frames -----------------------------------------------------------------
 
-def read_frame_header(buf: Any, offset: int = 0,
+def read_frame_header(buf: Buffer, offset: int = 0,
                       max_length: int = DEFAULT_MAX_FRAME) -> Tuple[int, int]:
     """``[u8 opcode][i32 length]`` -> ``(opcode, length)``.
 
-    An unknown opcode, a negative length or one over ``max_length`` is a
-    ``ProtocolError``: such a frame cannot be delimited or must not be read.
+    Fewer than 5 bytes, an unknown opcode, a negative length or one over
+    ``max_length`` is a fatal ``ProtocolError`` (``fatal=True``): such a frame
+    cannot be delimited or must not be read.
     """
-    buf = _bytes_of(buf)
+    data = _bytes_of(buf)
     _check_offset(offset)
-    if offset + 5 > len(buf):
-        raise _truncated(5, offset, len(buf), None)
-    opcode, length = _FRAME_HEADER.unpack_from(buf, offset)
+    if offset + 5 > len(data):
+        error = _truncated(5, offset, len(data), None)
+        error.fatal = True
+        raise error
+    opcode, length = _FRAME_HEADER.unpack_from(data, offset)
     if opcode > _MAX_OPCODE:
-        raise ProtocolError(f"unknown opcode {opcode}", opcode)
+        raise ProtocolError(f"unknown opcode {opcode}", opcode, True)
     if length < 0:
-        raise ProtocolError(f"negative frame length {length}", opcode)
+        raise ProtocolError(f"negative frame length {length}", opcode, True)
     if length > max_length:
-        raise ProtocolError(f"frame length {length} exceeds the limit of {max_length} bytes", opcode)
+        raise ProtocolError(f"frame length {length} exceeds the limit of {max_length} bytes",
+                            opcode, True)
     return opcode, length
 
 
-def encode_frame(opcode: int, body: Any) -> bytes:
+def encode_frame(opcode: int, body: Buffer) -> bytes:
     """``[u8 opcode][i32 len(body)][body]``."""
-    body = _bytes_of(body)
+    data = _bytes_of(body)
     _check_range("opcode", opcode, 0, 0xFF)
-    if len(body) > 0x7FFFFFFF:
-        raise ValueError(f"frame body too long: {len(body)} bytes")
-    return _FRAME_HEADER.pack(opcode, len(body)) + bytes(body)
+    if len(data) > 0x7FFFFFFF:
+        raise ValueError(f"frame body too long: {len(data)} bytes")
+    return _FRAME_HEADER.pack(opcode, len(data)) + bytes(data)
 
 
 # -- table bodies -----------------------------------------------------------
 
-def _table_spec(opcode: int):
+def _table_spec(opcode: int) -> TableSpec:
     spec = TABLES_BY_OPCODE.get(opcode) if isinstance(opcode, int) else None
     if spec is None:
         raise ValueError(f"not a table opcode: {opcode!r}")
     return spec
 
 
-def _column_indexes(spec, columns: Optional[Sequence[str]]) -> Tuple[int, ...]:
+def _column_indexes(spec: TableSpec, columns: Optional[Sequence[str]]) -> Tuple[int, ...]:
     if columns is None:
         return tuple(range(len(spec.required_keys)))
     index = _KEY_INDEX[spec.opcode]
     seen = set()
-    out = []
+    out: List[int] = []
     for c in columns:
         i = index.get(c) if isinstance(c, str) else None
         if i is None:
@@ -331,7 +350,8 @@ def _read_table_header(body: Any, size: int, opcode: int) -> Tuple[int, int, int
     return n_rows, batch_number, status
 
 
-def _scan_rows(opcode: int, body: Any, projected: bool):
+def _scan_rows(opcode: int, body: Any,
+               projected: bool) -> Tuple[int, int, Tuple[str, ...], List[List[Any]]]:
     """Validate a table body; yield nothing, return ``(batch, status, keys, rows)``.
 
     ``rows`` is a list of lists of value strings, one list per row, indexed like
@@ -353,9 +373,9 @@ def _scan_rows(opcode: int, body: Any, projected: bool):
     pos = 13
     # A full batch must carry the required keys; a projection, row 0's keys.
     present: Optional[List[str]] = None if projected else list(spec.required_keys)
-    present_set: frozenset = frozenset()
+    present_set: FrozenSet[str] = frozenset()
     expected = n_keys
-    rows = []
+    rows: List[List[Any]] = []
     for r in range(n_rows):
         if pos + 4 > size:
             raise _truncated(4, pos, size, opcode)
@@ -366,7 +386,7 @@ def _scan_rows(opcode: int, body: Any, projected: bool):
             raise ProtocolError(f"row {r}: expected at most {n_keys} pairs, got {n_pairs}", opcode)
         pos += 4
         values: List[Any] = [None] * n_keys
-        order = []
+        order: List[str] = []
         for _ in range(n_pairs):
             start = pos
             raw, pos = _read_string_bytes(body, pos, size, opcode)
@@ -394,7 +414,7 @@ def _scan_rows(opcode: int, body: Any, projected: bool):
     return batch_number, status, keys, rows
 
 
-def _picker(picks: Tuple[int, ...]):
+def _picker(picks: Tuple[int, ...]) -> Callable[[Sequence[Any]], Tuple[Any, ...]]:
     """A callable taking a row's values at ``picks`` as a tuple (itemgetter gives a
     bare value for one pick, so fewer than two take the slow road)."""
     if len(picks) > 1:
@@ -424,7 +444,9 @@ def _row_order(opcode: int, body: bytes, pos: int,
 
 
 @functools.lru_cache(maxsize=64)  # bounded: a peer picks the key orders
-def _row_pattern(opcode: int, order: Tuple[int, ...]):
+def _row_pattern(opcode: int, order: Tuple[int, ...]) -> Tuple[
+        re.Pattern[str], int, Callable[[Sequence[Any]], Tuple[Any, ...]],
+        Callable[[Sequence[Any]], Tuple[Any, ...]]]:
     """``(regex, fixed, values_of, lengths_of)`` for full rows whose keys come in ``order``.
 
     The regex matches one row of the body decoded as Latin-1, with each value's
@@ -447,7 +469,7 @@ def _row_pattern(opcode: int, order: Tuple[int, ...]):
 
 
 def _rows_by_pattern(opcode: int, body: bytes, n_rows: int, n_keys: int,
-                     order: Tuple[int, ...]) -> Optional[list]:
+                     order: Tuple[int, ...]) -> Optional[List[Any]]:
     """The rows (tuples) of a valid full-key body whose rows all list their keys
     in ``order``, or ``None`` if anything is off.
 
@@ -473,16 +495,19 @@ def _rows_by_pattern(opcode: int, body: bytes, n_rows: int, n_keys: int,
     if 13 + fixed * n_rows + sum(lengths) != len(body):
         return None  # the rows do not cover the body: a gap or trailing bytes
     if not body[13:].isascii():  # then values are Latin-1 text of UTF-8 bytes
+        if _SURROGATE.search(body, 13) is not None:
+            return None
         try:
             values = list(map(bytes.decode, map(str.encode, itertools.chain.from_iterable(rows),
-                                                itertools.repeat("latin-1"))))
+                                                itertools.repeat("latin-1")),
+                              itertools.repeat(_UTF8)))
         except UnicodeDecodeError:
             return None
         rows = list(zip(*[iter(values)] * n_keys))
     return rows
 
 
-def _rows_by_value(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[list]:
+def _rows_by_value(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[List[Any]]:
     """The rows (lists) of a valid full-key body in any key order, or ``None``
     if anything is off.
 
@@ -496,7 +521,9 @@ def _rows_by_value(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Option
     # the end, and every overrun ends in an exception or in ``pos != size``.
     unpack = _U32.unpack_from
     text: Any = body.decode("latin-1") if body[13:].isascii() else None
-    rows: list = []
+    if text is None and _SURROGATE.search(body, 13) is not None:
+        return None
+    rows: List[Any] = []
     append = rows.append
     pos = 13
     try:
@@ -510,7 +537,7 @@ def _rows_by_value(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Option
                 i = position[body[pos:start]]
                 pos = start + 4 + unpack(body, start)[0]
                 values[i] = (text[start + 4:pos] if text is not None
-                             else body[start + 4:pos].decode())
+                             else body[start + 4:pos].decode(_UTF8))
             if None in values:
                 return None
             append(values)
@@ -519,7 +546,7 @@ def _rows_by_value(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Option
     return rows if pos == len(body) else None
 
 
-def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[list]:
+def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[List[Any]]:
     """The rows of a valid full-key body, or ``None`` for ``_scan_rows`` to name
     the first error: one regex pass when rows 0 and 1 list their keys alike,
     else (or if that pass fails) value by value."""
@@ -531,7 +558,8 @@ def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[l
     return _rows_by_value(opcode, body, n_rows, n_keys)
 
 
-def _table_rows(opcode: int, body: Any, projected: bool):
+def _table_rows(opcode: int, body: Any,
+                projected: bool) -> Tuple[int, int, Tuple[str, ...], List[Any]]:
     """``_scan_rows``'s result, through a fast path when one applies."""
     if not projected:
         data = body if type(body) is bytes else bytes(body)
@@ -544,9 +572,31 @@ def _table_rows(opcode: int, body: Any, projected: bool):
     return _scan_rows(opcode, body, projected)
 
 
-def decode_table_body(opcode: int, body: Any, row_type: str = "object",
-                      columns: Optional[Sequence[str]] = None,
-                      projected: bool = False) -> Tuple[int, int, Tuple[str, ...], list]:
+@overload
+def decode_table_body(opcode: int, body: Buffer, row_type: Literal["object"] = ...,
+                      columns: Optional[Sequence[str]] = ...,
+                      projected: bool = ...) -> Tuple[int, int, Tuple[str, ...], List[TableRow]]:
+    ...
+@overload
+def decode_table_body(opcode: int, body: Buffer, row_type: Literal["dict"],
+                      columns: Optional[Sequence[str]] = ...,
+                      projected: bool = ...) -> Tuple[int, int, Tuple[str, ...], List[DictRow]]:
+    ...
+@overload
+def decode_table_body(opcode: int, body: Buffer, row_type: Literal["tuple"],
+                      columns: Optional[Sequence[str]] = ...,
+                      projected: bool = ...) -> Tuple[int, int, Tuple[str, ...], List[TupleRow]]:
+    ...
+@overload
+def decode_table_body(
+        opcode: int, body: Buffer, row_type: RowType = ...,
+        columns: Optional[Sequence[str]] = ..., projected: bool = ...,
+) -> Tuple[int, int, Tuple[str, ...], Union[List[TableRow], List[DictRow], List[TupleRow]]]:
+    ...
+def decode_table_body(
+        opcode: int, body: Buffer, row_type: RowType = "object",
+        columns: Optional[Sequence[str]] = None, projected: bool = False,
+) -> Tuple[int, int, Tuple[str, ...], Union[List[TableRow], List[DictRow], List[TupleRow]]]:
     """Decode a table body (PROTOCOL.md §4) -> ``(batch_number, status, keys, rows)``.
 
     Layout: ``[i32 nRows][i64 batchNumber][u8 status][string map] * nRows``.
@@ -559,47 +609,48 @@ def decode_table_body(opcode: int, body: Any, row_type: str = "object",
     them instead, and a key left out reads as ``None`` in objects and tuples.
     ``keys`` are the keys the rows carry.
     """
-    body = _bytes_of(body)
+    data = _bytes_of(body)
     spec = _table_spec(opcode)
     if row_type not in _ROW_TYPES:
         raise ValueError(f"row_type must be 'object', 'dict' or 'tuple', not {row_type!r}")
     picks = _column_indexes(spec, columns) if row_type == "tuple" else ()
-    batch_number, status, keys, raw_rows = _table_rows(opcode, body, projected)
+    batch_number, status, keys, raw_rows = _table_rows(opcode, data, projected)
     # Rows are built with map() over C callables: no Python frame per row.
+    rows: List[Any]
     if row_type == "object":
-        rows: list = list(map(tuple.__new__, itertools.repeat(spec.row_class), raw_rows))
+        rows = list(map(tuple.__new__, itertools.repeat(spec.row_class), raw_rows))
     elif row_type == "tuple":
         rows = list(map(tuple if picks == tuple(range(len(spec.required_keys)))
                         else _picker(picks), raw_rows))
     else:
         picks = tuple(_KEY_INDEX[opcode][k] for k in keys)
         if picks != tuple(range(len(picks))):
-            raw_rows = map(_picker(picks), raw_rows)
+            raw_rows = list(map(_picker(picks), raw_rows))
         rows = list(map(dict, map(zip, itertools.repeat(keys), raw_rows)))
     return batch_number, status, keys, rows
 
 
 def decode_eof_body(body: Any) -> Tuple[int, str]:
     """Decode an EOF body (PROTOCOL.md §5) -> ``(batch_number, table_type)``."""
-    body = _bytes_of(body)
+    data = _bytes_of(body)
     opcode = Opcodes.EOF
-    size = len(body)
-    n_rows, batch_number, status = _read_table_header(body, size, opcode)
+    size = len(data)
+    n_rows, batch_number, status = _read_table_header(data, size, opcode)
     if n_rows != 1:
         raise ProtocolError(f"EOF: expected 1 row, got {n_rows}", opcode)
     if status != BatchStatus.EOF:
         raise ProtocolError(f"EOF: expected status 1 (EOF), got {status}", opcode)
     if 17 > size:
         raise _truncated(4, 13, size, opcode)
-    n_pairs = _unpack_i32(body, 13)[0]
+    n_pairs = _unpack_i32(data, 13)[0]
     if n_pairs != 1:
         raise ProtocolError(f"EOF: expected 1 pair, got {n_pairs}", opcode)
-    raw, pos = _read_string_bytes(body, 17, size, opcode)
+    raw, pos = _read_string_bytes(data, 17, size, opcode)
     key = _utf8(raw, 17, opcode)
     if key != EOF_KEY:
         raise ProtocolError(f"EOF: expected key 'table_type', got {key!r}", opcode)
     start = pos
-    raw, pos = _read_string_bytes(body, pos, size, opcode)
+    raw, pos = _read_string_bytes(data, pos, size, opcode)
     table_type = _utf8(raw, start, opcode)
     if table_type not in TABLES_BY_NAME:
         raise ProtocolError(f"EOF: unknown table type {table_type!r}", opcode)
@@ -610,25 +661,27 @@ def decode_eof_body(body: Any) -> Tuple[int, str]:
 
 def decode_finished_body(body: Any) -> int:
     """Decode a FINISHED body ``[i32 agency_id]`` -> ``agency_id``."""
-    body = _bytes_of(body)
-    if len(body) != 4:
-        raise ProtocolError(f"FINISHED body must be 4 bytes, got {len(body)}", Opcodes.FINISHED)
-    return _unpack_i32(body, 0)[0]
+    data = _bytes_of(body)
+    if len(data) != 4:
+        raise ProtocolError(f"FINISHED body must be 4 bytes, got {len(data)}", Opcodes.FINISHED)
+    agency_id: int = _unpack_i32(data, 0)[0]
+    return agency_id
 
 
 def decode_ack_body(opcode: int, body: Any) -> None:
     """Check an ACK body (opcodes 1 and 2): it must be empty."""
-    body = _bytes_of(body)
+    data = _bytes_of(body)
     name = _ACK_NAMES.get(opcode)
     if name is None:
         raise ValueError(f"not an ACK opcode: {opcode!r}")
-    if len(body) != 0:
-        raise ProtocolError(f"{name} body must be empty, got {len(body)} bytes", opcode)
+    if len(data) != 0:
+        raise ProtocolError(f"{name} body must be empty, got {len(data)} bytes", opcode)
 
 
 # -- DataBatch --------------------------------------------------------------
 
-def decode_databatch_body(body: Any):
+def decode_databatch_body(body: Buffer) -> Tuple[List[int], List[int], int, int, Dict[int, int],
+                                                 int, int, int, int]:
     """Decode a DataBatch body (PROTOCOL.md §6).
 
     Layout: ``[u8 list table_ids][u8 list query_ids][u16 reserved][i64 batch_number]
@@ -639,22 +692,22 @@ def decode_databatch_body(body: Any):
     ``body[inner_offset:]``, which this function has checked is exactly
     ``length`` bytes long. It does not decode the embedded body.
     """
-    body = _bytes_of(body)
+    data = _bytes_of(body)
     opcode = Opcodes.DATA_BATCH
-    size = len(body)
+    size = len(data)
     try:
-        table_ids, pos = read_u8_list(body, 0)
-        query_ids, pos = read_u8_list(body, pos)
-        reserved, pos = read_u16(body, pos)
-        batch_number, pos = read_i64(body, pos)
-        meta, pos = read_u8_dict(body, pos)
-        total_shards, pos = read_u16(body, pos)
-        shard_num, pos = read_u16(body, pos)
+        table_ids, pos = read_u8_list(data, 0)
+        query_ids, pos = read_u8_list(data, pos)
+        reserved, pos = read_u16(data, pos)
+        batch_number, pos = read_i64(data, pos)
+        meta, pos = read_u8_dict(data, pos)
+        total_shards, pos = read_u16(data, pos)
+        shard_num, pos = read_u16(data, pos)
     except ProtocolError as exc:
         raise ProtocolError(exc.message, opcode) from None
     if pos + 5 > size:
         raise _truncated(5, pos, size, opcode)
-    inner_opcode, inner_length = _FRAME_HEADER.unpack_from(body, pos)
+    inner_opcode, inner_length = _FRAME_HEADER.unpack_from(data, pos)
     if inner_opcode == Opcodes.DATA_BATCH:
         raise ProtocolError("nested DataBatch", opcode)
     if inner_opcode > _MAX_OPCODE:
@@ -702,11 +755,11 @@ def check_embedded(embedded: Any) -> None:
     Raises ``ValueError`` otherwise: ``[u8 opcode][i32 n][n bytes]``, exactly,
     and not itself a DataBatch.
     """
-    embedded = _bytes_of(embedded)
-    size = len(embedded)
-    if size < 5 or _unpack_i32(embedded, 1)[0] != size - 5:
+    data = _bytes_of(embedded)
+    size = len(data)
+    if size < 5 or _unpack_i32(data, 1)[0] != size - 5:
         raise ValueError("embedded bytes are not one well-framed message ([u8][i32 n][n bytes])")
-    inner_opcode = embedded[0]
+    inner_opcode = data[0]
     if inner_opcode == Opcodes.DATA_BATCH:
         raise ValueError("a DataBatch cannot embed a DataBatch")
     if not Opcodes.FINISHED <= inner_opcode <= Opcodes.EOF:
@@ -730,7 +783,8 @@ def encode_databatch_frame(table_ids: Sequence[int], query_ids: Sequence[int], r
 
 # -- encoders ---------------------------------------------------------------
 
-def _row_values(spec, row: Any, r: int, columns: Sequence[str], picks: Tuple[int, ...]) -> list:
+def _row_values(spec: TableSpec, row: Any, r: int, columns: Sequence[str],
+                picks: Tuple[int, ...]) -> List[Any]:
     if isinstance(row, spec.row_class):
         return [row[i] for i in picks]
     if isinstance(row, Mapping):
@@ -817,18 +871,18 @@ def project_databatch(opcode: int, body: Any, table_ids: Sequence[int],
     and the result is a whole DataBatch frame whose ``batch_number`` is the
     batch's own, embedding the projected table frame.
     """
-    body = _bytes_of(body)
+    data = _bytes_of(body)
     spec = _table_spec(opcode)
     picks = _column_indexes(spec, spec.kept_columns if columns is None else columns)
     # Header arguments are checked before the body; the batch number is patched in.
     header = _databatch_header(table_ids, query_ids, reserved, 0, meta, total_shards, shard_num)
-    data = body if type(body) is bytes else bytes(body)
+    data = data if type(data) is bytes else bytes(data)
     n_rows, batch_number, status = _read_table_header(data, len(data), opcode)
     rows = None
     if n_rows <= (len(data) - 13) // 4:
         rows = _fast_projection(opcode, data, n_rows, len(spec.required_keys), picks)
     if rows is None:
-        batch_number, status, _, raw_rows = _scan_rows(opcode, body, False)
+        batch_number, status, _, raw_rows = _scan_rows(opcode, data, False)
         names = [spec.required_keys[i] for i in picks]
         embedded = encode_table_frame(opcode, batch_number, status,
                                       [[values[i] for i in picks] for values in raw_rows], names)
@@ -856,10 +910,12 @@ def _fast_projection(opcode: int, body: bytes, n_rows: int, n_keys: int,
     unpack = _U32.unpack_from
     # Valid UTF-8 only needs checking where some byte is not ASCII.
     check_utf8 = not body[13:].isascii()
+    if check_utf8 and _SURROGATE.search(body, 13) is not None:
+        return None
     wire_keys = {i: key for key, i in position.items()}
     kept = [(wire_keys[i], i) for i in picks]
     row_head = _pack_i32(len(picks))
-    rows = []
+    rows: List[bytes] = []
     append = rows.append
     pos = 13
     try:
@@ -876,7 +932,7 @@ def _fast_projection(opcode: int, body: bytes, n_rows: int, n_keys: int,
                 pos = start + 4 + unpack(body, start)[0]
                 spans[i] = body[start:pos]
                 if check_utf8:
-                    spans[i][4:].decode()
+                    spans[i][4:].decode(_UTF8)
             if None in spans:
                 return None
             append(row_head + b"".join([part for key, i in kept for part in (key, spans[i])]))
@@ -902,7 +958,7 @@ def _column_dtype(name: str, dtype: Any) -> str:
         text = {float: "float64", int: "int64", str: "object", object: "object"}.get(
             dtype, dtype.__name__)
     else:
-        text = getattr(dtype, "name", None)
+        text = str(getattr(dtype, "name", None))
     if text not in _COLUMN_DTYPES:
         raise ValueError(f"dtype of column {name!r} must be float64, int64 or object, "
                          f"not {dtype!r}")
@@ -1032,6 +1088,15 @@ def _csv_record(data: bytes, pos: int, line: int) -> Tuple[List[bytes], int, int
         raise CsvError("unexpected character after a closing quote", line)
 
 
+def _valid_utf8(value: bytes) -> bool:
+    """UTF-8 as the Cython codec checks it: encoded surrogates are invalid too."""
+    try:
+        value.decode(_UTF8)
+    except UnicodeDecodeError:
+        return False
+    return _SURROGATE.search(value) is None
+
+
 def _blank_line(data: bytes, pos: int) -> int:
     """Length of the empty line at ``pos`` ("\n", "\r\n", or "\r" ending the data), else 0."""
     head = data[pos:pos + 2]
@@ -1107,14 +1172,12 @@ def encode_csv_batch(opcode: int, data: bytes, offset: int, line: int, picks: Se
                            line)
         if total + row_size > max_bytes:
             break
-        for value in values:
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CsvError("not UTF-8", line) from None
+        for field in values:
+            if not field.isascii() and not _valid_utf8(field):
+                raise CsvError("not UTF-8", line)
         parts.append(n_pairs)
-        for key, value in zip(wire_keys, values):
-            parts += (key, _pack_i32(len(value)), value)
+        for key, field in zip(wire_keys, values):
+            parts += (key, _pack_i32(len(field)), field)
         total += row_size
         rows += 1
         pos, line = next_pos, line + spans

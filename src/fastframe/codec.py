@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 _MODULES = {"c": "fastframe._codec_c", "python": "fastframe._codec_py"}
 
@@ -46,12 +46,17 @@ def _choose() -> ModuleType:
         return load("python")
 
 
-impl: ModuleType = _choose()
-__impl__: str = "c" if impl.__name__.endswith("_c") else "python"
-
 if TYPE_CHECKING:
-    from ._codec_py import *  # noqa: F401,F403  (the pure module is the type source)
+    # The pure module is the type source: both implementations have its API.
+    from . import _codec_py
+    from ._codec_py import *  # noqa: F401,F403
+
+    impl = _codec_py
 else:
+    impl = _choose()
+
     from ._codec_py import __all__  # same names in both implementations
 
     globals().update({name: getattr(impl, name) for name in __all__})
+
+__impl__: Literal["c", "python"] = "c" if impl.__name__.endswith("_c") else "python"

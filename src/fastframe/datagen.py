@@ -277,7 +277,7 @@ class _MonthWriter:
         return item_rows
 
 
-def generate(out_dir: Union[str, os.PathLike], *, transactions: int = 10_000,
+def generate(out_dir: Union[str, "os.PathLike[str]"], *, transactions: int = 10_000,
              seed: int = 0) -> Dict[str, Dict[str, int]]:
     """Write a synthetic data set of ``transactions`` transactions into ``out_dir``.
 

@@ -5,7 +5,7 @@ same types (``except fastframe.ProtocolError`` works whichever one is loaded).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 __all__ = ["ProtocolError", "CsvError"]
 
@@ -14,17 +14,22 @@ class ProtocolError(Exception):
     """Malformed bytes on the wire.
 
     ``opcode`` is the frame's opcode when it was known at the point of failure,
-    else ``None``. When the frame could be delimited, it has been consumed whole,
-    so the stream stays aligned on the next frame.
+    else ``None``. ``fatal`` says whether the stream is lost: ``True`` when the
+    frame could not be delimited (a bad header: unknown opcode, negative length,
+    over the limit), so nothing after it can be read; ``False`` when a
+    delimited frame's body was invalid and has been consumed whole, so the
+    stream stays aligned on the next frame.
     """
 
-    def __init__(self, message: str, opcode: Optional[int] = None) -> None:
+    def __init__(self, message: str, opcode: Optional[int] = None, fatal: bool = False) -> None:
         super().__init__(message)
-        self.message = message
-        self.opcode = None if opcode is None else int(opcode)  # never an enum member
+        self.message: str = message
+        self.opcode: Optional[int] = None if opcode is None else int(opcode)  # never an enum
+        self.fatal: bool = bool(fatal)
 
-    def __reduce__(self):  # keep ``opcode`` across pickling (multiprocessing, logging)
-        return (type(self), (self.message, self.opcode))
+    def __reduce__(self) -> Tuple[type, Tuple[str, Optional[int], bool]]:
+        # keep ``opcode`` and ``fatal`` across pickling (multiprocessing, logging)
+        return (type(self), (self.message, self.opcode, self.fatal))
 
 
 class CsvError(ValueError):
@@ -32,8 +37,8 @@ class CsvError(ValueError):
 
     def __init__(self, message: str, line: int) -> None:
         super().__init__(message)
-        self.message = message
-        self.line = line
+        self.message: str = message
+        self.line: int = line
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[type, Tuple[str, int]]:
         return (type(self), (self.message, self.line))

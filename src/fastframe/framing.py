@@ -16,10 +16,26 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import (
+    TYPE_CHECKING, Any, Generic, Iterator, List, Literal, Optional, Tuple, overload,
+)
 
 from . import codec
+from .errors import ProtocolError
+from .messages import (
+    AnyMessage, DictRowsMessage, Message, TupleRowsMessage, decode_message,
+)
+from .rows import RowType
 from .schema import DEFAULT_MAX_FRAME, FRAME_HEADER_SIZE
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer, TypeVar
+
+    _M = TypeVar("_M", default=Message)
+else:
+    from typing import TypeVar
+
+    _M = TypeVar("_M")
 
 __all__ = ["FrameReader", "FrameDecoder", "Frame", "BufferPool"]
 
@@ -244,10 +260,16 @@ class FrameReader:
                 raise EOFError(f"peer closed mid-frame ({buf.end - buf.start} bytes pending)")
             buf.end += received
 
-    def read_message(self, row_type: str = "object") -> Optional[Any]:
+    @overload
+    def read_message(self, row_type: Literal["object"] = ...) -> Optional[Message]: ...
+    @overload
+    def read_message(self, row_type: Literal["dict"]) -> Optional[DictRowsMessage]: ...
+    @overload
+    def read_message(self, row_type: Literal["tuple"]) -> Optional[TupleRowsMessage]: ...
+    @overload
+    def read_message(self, row_type: RowType = ...) -> Optional[AnyMessage]: ...
+    def read_message(self, row_type: RowType = "object") -> Optional[AnyMessage]:
         """The next frame decoded to a message object (``fastframe.messages``)."""
-        from .messages import decode_message
-
         frame = self.read_frame()
         if frame is None:
             return None
@@ -261,36 +283,61 @@ class FrameReader:
             yield frame
 
 
-class FrameDecoder:
-    """Incremental decoder for bytes that arrive in pieces.
+class FrameDecoder(Generic[_M]):
+    """Incremental decoder for bytes that arrive in pieces (sans-IO: asyncio, selectors).
 
-    ``feed(data)`` buffers ``data`` and returns every message now complete.
-    A frame whose body is invalid raises ``ProtocolError`` once it has been
-    consumed; a header that cannot be delimited raises on every call from
-    then on (the stream is unusable). Either way the messages completed
-    before the error are not lost: the next ``feed`` returns them, and only
-    them (``feed(b"")`` will do); decoding resumes on the call after. ``frames()``
-    yields raw ``(opcode, body bytes)`` instead, for callers that do not decode.
+    ``feed(data)`` buffers ``data`` and returns, in stream order, every
+    message now complete. A malformed frame raises ``ProtocolError`` in its
+    place in the stream: a ``feed`` that completes messages before it returns
+    them and the next ``feed`` (``feed(b"")`` will do) raises it; the ``feed``
+    after that returns every message complete by then, at once. So a caller
+    that answers each message in turn (an ACK, a FAIL for the error) answers
+    in stream order.
+
+    ``ProtocolError.fatal`` says what the error left: ``False`` when the bad
+    frame was delimited and has been consumed whole (decoding goes on after
+    it); ``True`` when its header cannot be delimited (unknown opcode, a
+    negative length or one over ``max_frame``), so the stream is unusable and
+    every later ``feed`` raises it again. ``frames()`` yields raw ``(opcode,
+    body bytes)`` instead, for callers that do not decode.
     """
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, row_type: str = "object") -> None:
+    @overload
+    def __init__(self: "FrameDecoder[Message]", max_frame: int = ...,
+                 row_type: Literal["object"] = ...) -> None: ...
+    @overload
+    def __init__(self: "FrameDecoder[DictRowsMessage]", max_frame: int,
+                 row_type: Literal["dict"]) -> None: ...
+    @overload
+    def __init__(self: "FrameDecoder[DictRowsMessage]", max_frame: int = ..., *,
+                 row_type: Literal["dict"]) -> None: ...
+    @overload
+    def __init__(self: "FrameDecoder[TupleRowsMessage]", max_frame: int,
+                 row_type: Literal["tuple"]) -> None: ...
+    @overload
+    def __init__(self: "FrameDecoder[TupleRowsMessage]", max_frame: int = ..., *,
+                 row_type: Literal["tuple"]) -> None: ...
+    @overload
+    def __init__(self: "FrameDecoder[AnyMessage]", max_frame: int = ...,
+                 row_type: RowType = ...) -> None: ...
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, row_type: RowType = "object") -> None:
         self._buf = _Buffer(64 * 1024, max_frame)
-        self._row_type = row_type
-        self._ready: List[Any] = []
+        self._row_type: RowType = row_type
+        self._error: Optional[ProtocolError] = None  # met after messages a feed returned
 
     @property
     def pending(self) -> int:
         """Bytes buffered that do not yet make a whole frame."""
         return self._buf.end - self._buf.start
 
-    def _append(self, data: Any) -> None:
+    def _append(self, data: "Buffer") -> None:
         view = memoryview(data).cast("B")
         buf = self._buf
         buf.make_room(buf.end - buf.start + len(view))
         buf.view[buf.end:buf.end + len(view)] = view
         buf.end += len(view)
 
-    def frames(self, data: Any = b"") -> Iterator[Tuple[int, bytes]]:
+    def frames(self, data: "Buffer" = b"") -> Iterator[Tuple[int, bytes]]:
         """Buffer ``data`` now; iterate for each complete frame as ``(opcode, body)``."""
         self._append(data)
         return self._complete_frames()
@@ -302,18 +349,18 @@ class FrameDecoder:
                 return
             yield frame[0], bytes(frame[1])
 
-    def feed(self, data: Any) -> List[Any]:
-        from .messages import decode_message
-
-        if self._ready:  # completed before an error: theirs is this call
-            self._append(data)
-            ready, self._ready = self._ready, []
-            return ready
-        ready: List[Any] = []
+    def feed(self, data: "Buffer") -> List[_M]:
+        """Buffer ``data``; return the messages now complete, in order (see the class doc)."""
+        self._append(data)
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        ready: List[Any] = []  # of _M: the row type chose the overload at construction
         try:
-            for opcode, body in self.frames(data):
-                ready.append(decode_message(opcode, body, row_type=self._row_type))
-        except Exception:
-            self._ready = ready
-            raise
+            for opcode, body in self._complete_frames():
+                ready.append(decode_message(opcode, body, self._row_type))
+        except ProtocolError as exc:
+            if not ready:
+                raise
+            self._error = exc  # after the messages before it, on the next call
         return ready

@@ -4,12 +4,21 @@ Named tuples because they are what a Python user expects (attribute access,
 ``_asdict()``, equality with tuples) and because the Cython codec can build
 them as fast as plain tuples. In a projected batch (PROTOCOL.md §8) the
 columns that were not kept are ``None``.
+
+Also the names of the three row shapes a decoder can give (``RowType``) and
+their types: ``TableRow`` (a row object), ``DictRow`` and ``TupleRow``.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Dict, Literal, NamedTuple, Optional, Tuple, Union
 
-__all__ = ["RawMenuItems", "RawStore", "RawTransactionItem", "RawTransaction", "RawUser"]
+__all__ = [
+    "RawMenuItems", "RawStore", "RawTransactionItem", "RawTransaction", "RawUser",
+    "RowType", "TableRow", "DictRow", "TupleRow",
+]
+
+#: What ``row_type=`` accepts: row objects (the table's row class), dicts or tuples.
+RowType = Literal["object", "dict", "tuple"]
 
 
 class RawMenuItems(NamedTuple):
@@ -58,3 +67,12 @@ class RawUser(NamedTuple):
     gender: Optional[str]
     birthdate: Optional[str]
     registered_at: Optional[str]
+
+
+#: A row object of any table (``row_type="object"``).
+TableRow = Union[RawMenuItems, RawStore, RawTransactionItem, RawTransaction, RawUser]
+#: A row as a dict (``row_type="dict"``): the keys the row carries, in the batch's order.
+DictRow = Dict[str, str]
+#: A row as a tuple (``row_type="tuple"``): values in column order, ``None`` for a key
+#: a projection left out.
+TupleRow = Tuple[Optional[str], ...]

@@ -9,7 +9,9 @@ import enum
 from dataclasses import dataclass
 from typing import Dict, Tuple, Type
 
-from .rows import RawMenuItems, RawStore, RawTransaction, RawTransactionItem, RawUser
+from .rows import (
+    RawMenuItems, RawStore, RawTransaction, RawTransactionItem, RawUser, TableRow,
+)
 
 __all__ = [
     "Opcodes", "BatchStatus", "TableSpec", "TABLES", "TABLES_BY_OPCODE", "TABLES_BY_NAME",
@@ -48,7 +50,7 @@ class TableSpec:
     name: str
     opcode: int
     required_keys: Tuple[str, ...]
-    row_class: Type[tuple]
+    row_class: Type[TableRow]
     kept_columns: Tuple[str, ...]
     query_ids: Tuple[int, ...]
 

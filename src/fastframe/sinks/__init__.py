@@ -15,7 +15,7 @@ implementations need no locking. The contract that makes ACKs safe:
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 __all__ = ["Sink", "SinkError", "open_sink"]
 
@@ -32,7 +32,7 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def open_sink(url: str, **options) -> Sink:
+def open_sink(url: str, **options: Any) -> Sink:
     """``file:PATH`` -> ``FileSink``; ``amqp://…`` -> ``RabbitMQSink``."""
     if url.startswith(("amqp://", "amqps://")):
         from .rabbitmq import RabbitMQSink

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-from typing import Iterator, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Tuple
 
 from .. import codec
 from ..errors import ProtocolError
@@ -22,7 +22,10 @@ from . import SinkError
 
 __all__ = ["FileSink", "TornFrameError", "read_frames", "FSYNC_POLICIES"]
 
-log = logging.getLogger("fastframe.sinks.file")
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+log: logging.Logger = logging.getLogger("fastframe.sinks.file")
 FSYNC_POLICIES = ("always", "never")
 # A sink file holds frames of any size the orchestrator wrote; the header check
 # only has to reject lengths that are not frames at all.
@@ -33,7 +36,7 @@ class TornFrameError(ProtocolError):
     """The file ends inside a frame: what a crash mid-write leaves behind."""
 
 
-def _scan(data, size: int) -> Iterator[Tuple[int, int]]:
+def _scan(data: "Buffer", size: int) -> Iterator[Tuple[int, int]]:
     """``(offset, end)`` of each whole frame.
 
     Raises ``TornFrameError`` when the file ends inside a frame and
@@ -44,6 +47,7 @@ def _scan(data, size: int) -> Iterator[Tuple[int, int]]:
         if size - offset < FRAME_HEADER_SIZE:
             raise TornFrameError(f"torn frame at offset {offset}: "
                                  f"{size - offset} of {FRAME_HEADER_SIZE} header bytes present")
+        error: Optional[ProtocolError]
         try:
             opcode, length = codec.impl.read_frame_header(data, offset, _MAX_STORED_FRAME)
         except ProtocolError as exc:
@@ -91,7 +95,7 @@ class FileSink:
     def __init__(self, path: "os.PathLike[str] | str", fsync: str = "always") -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
-        self.path = os.fspath(path)
+        self.path: str = os.fspath(path)
         self._fsync = fsync == "always"
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._durable_end = self._cut_torn_tail()

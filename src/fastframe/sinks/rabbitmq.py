@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Sequence
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 import pika
@@ -52,7 +52,7 @@ _PERSISTENT = pika.BasicProperties(
     content_type="application/octet-stream",
 )
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 
 def routing_key(query_id: int) -> str:
@@ -182,7 +182,7 @@ class RabbitMQSink:
                 log.warning("RabbitMQ at %s: %r; retrying in %.2f s", self._where, exc, delay)
                 time.sleep(delay)
 
-    def _connect(self):
+    def _connect(self) -> Any:
         connection = pika.BlockingConnection(self._parameters)
         try:
             channel = connection.channel()
