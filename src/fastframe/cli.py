@@ -422,12 +422,13 @@ def _count_sink_rows(path: Path) -> Tuple[Dict[str, int], Dict[str, int], int, i
     batches: Dict[str, int] = {}
     eofs = finished = 0
     for frame in read_frames(path):
-        inner = decode_frame(frame).batch_msg
+        wrapper = decode_frame(frame)
+        inner = wrapper.batch_msg if isinstance(wrapper, DataBatch) else None
         if isinstance(inner, EOFMessage):
             eofs += 1
         elif isinstance(inner, Finished):
             finished += 1
-        else:
+        elif isinstance(inner, TableMessage):
             name = inner.table.name
             rows[name] = rows.get(name, 0) + inner.amount
             batches[name] = batches.get(name, 0) + 1
