@@ -110,7 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     progress = ProgressLine()
     client = Client(args.server, args.agency_id, batch_rows=args.batch_rows,
-                    max_batch_bytes=args.max_batch_bytes, window=args.window, progress=progress)
+                    max_batch_bytes=args.max_batch_bytes, window=args.window, progress=progress,
+                    finished_ack=not args.no_finished_ack)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _f: client.cancel(s))
     try:
@@ -283,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-rows", type=int, default=50_000)
     p.add_argument("--max-batch-bytes", type=int, default=MAX_BATCH_FRAME)
     p.add_argument("--window", type=int, default=8)
+    p.add_argument("--no-finished-ack", action="store_true",
+                   help="for a server that never answers FINISHED (the original, or serve "
+                        "--compat): count a close after FINISHED as success, which cannot tell "
+                        "whether FINISHED was stored")
     p.set_defaults(run=cmd_send)
 
     p = sub.add_parser("demo", help="generate, serve, send and check, end to end")
