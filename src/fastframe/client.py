@@ -471,8 +471,10 @@ class Client:
 
         A clean close with no answer is SUCCESS when ``finished_ack`` is off.
         """
+        sock = self._sock
+        assert sock is not None, "FINISHED was just sent on it"
         try:
-            self._sock.shutdown(socket.SHUT_WR)  # nothing more from us
+            sock.shutdown(socket.SHUT_WR)  # nothing more from us
             return self._recv_ack(), ""
         except EOFError as exc:
             if not self.finished_ack:
