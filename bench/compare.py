@@ -705,11 +705,11 @@ def serve_rss(impl: str, wl: workload.Workload, clients: int, per_client: int,
         sampled = [idle]
         done = threading.Event()
 
-        def sample():
+        def sample() -> None:
             while not done.wait(0.02):
                 sampled.append(_proc_status(proc.pid)["VmRSS"])
 
-        def client(i):
+        def client(i: int) -> None:
             stream_frames(address, frames[i * per_client:(i + 1) * per_client], window, barrier)
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -1282,7 +1282,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"  [{t['status']:^12}] {t['target']}: {', '.join(t['values']) or '-'}")
 
     if args.plot is not None:
-        caption = (f"{command}\n{env['cpu']}, {env['cores']} cores; "
+        # How to draw it again: the command without --json (its path says nothing here).
+        redraw = ("python bench/compare.py" + (" --quick" if args.quick else "")
+                  + "".join(f" --only {name}" for name in args.only or ())
+                  + f" --plot {args.plot}")
+        caption = (f"{redraw}\n{env['cpu']}, {env['cores']} cores; "
                    f"{platform.python_implementation()} {platform.python_version()}; "
                    f"fastframe {env['fastframe']}. original: its TableMessage reading the "
                    "frame from a socket, one recv per field")
