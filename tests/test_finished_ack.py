@@ -19,7 +19,7 @@ import threading
 import time
 import types
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -31,14 +31,16 @@ from fastframe.messages import Finished, decode_frame
 from fastframe.orchestrator import Orchestrator
 from fastframe.schema import FRAME_HEADER_SIZE, Opcodes
 from fastframe.sinks.file import FileSink, read_frames
-from helpers_system import TIMEOUT, FakeConnection, FakeServer, ack_all, running, write_dataset
+from helpers_system import (
+    TIMEOUT, FakeConnection, FakeServer, Handler, ack_all, running, write_dataset,
+)
 
 AGENCY_ID = 7
 SUCCESS = bytes([Opcodes.BATCH_RECV_SUCCESS, 0, 0, 0, 0])
 
 
-def make_client(address: Tuple[str, int], **options) -> Client:
-    settings = dict(batch_rows=5, window=2, backoff=0.001, timeout=TIMEOUT)
+def make_client(address: Tuple[str, int], **options: Any) -> Client:
+    settings: Dict[str, Any] = dict(batch_rows=5, window=2, backoff=0.001, timeout=TIMEOUT)
     settings.update(options)
     return Client(address, AGENCY_ID, **settings)
 
@@ -52,7 +54,7 @@ def sink_finished(path: Path) -> List[bytes]:
     return [bytes(f) for f in read_frames(path) if isinstance(decode_frame(f).batch_msg, Finished)]
 
 
-def record_sleeps(monkeypatch) -> List[float]:
+def record_sleeps(monkeypatch: pytest.MonkeyPatch) -> List[float]:
     """Record the client's sleeps instead of sleeping."""
     sleeps: List[float] = []
     monkeypatch.setattr(client_module, "time", types.SimpleNamespace(
@@ -60,7 +62,7 @@ def record_sleeps(monkeypatch) -> List[float]:
     return sleeps
 
 
-def batches_then(finished_answer):
+def batches_then(finished_answer: Callable[[FakeConnection], None]) -> Handler:
     """A fake handler: ACK every batch and EOF; on FINISHED call ``finished_answer(conn)``."""
     def handler(conn: FakeConnection) -> None:
         while True:
@@ -86,13 +88,15 @@ def reset(conn: FakeConnection) -> None:
 # -- against a fake server ------------------------------------------------------------
 
 @pytest.mark.parametrize("silence", [close_silently, reset], ids=["closed", "reset"])
-def test_finished_without_an_answer_is_sent_again_on_a_new_connection(tmp_path, silence):
+def test_finished_without_an_answer_is_sent_again_on_a_new_connection(
+        tmp_path: Path, silence: Callable[[FakeConnection], None]) -> None:
     write_dataset(tmp_path, {"users": [12]}, skipped=False)
 
     def handler(conn: FakeConnection) -> None:
         if conn.index == 0:
-            return batches_then(silence)(conn)
-        ack_all(conn)
+            batches_then(silence)(conn)
+        else:
+            ack_all(conn)
 
     with FakeServer(handler) as server:
         summary = make_client(server.address).send_folder(tmp_path)
@@ -104,7 +108,8 @@ def test_finished_without_an_answer_is_sent_again_on_a_new_connection(tmp_path, 
     assert summary.rows == {"users": 12}
 
 
-def test_finished_never_answered_is_an_error_after_the_connect_attempts(tmp_path, monkeypatch):
+def test_finished_never_answered_is_an_error_after_the_connect_attempts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_dataset(tmp_path, {"users": [3]}, skipped=False)
     sleeps = record_sleeps(monkeypatch)
     with FakeServer(batches_then(close_silently)) as server:
@@ -117,7 +122,7 @@ def test_finished_never_answered_is_an_error_after_the_connect_attempts(tmp_path
     assert sleeps == [0.5, 1.0, 2.0]   # backing off between the attempts
 
 
-def test_finished_failed_is_resent_until_it_succeeds(tmp_path):
+def test_finished_failed_is_resent_until_it_succeeds(tmp_path: Path) -> None:
     write_dataset(tmp_path, {"users": [3]}, skipped=False)
 
     def handler(conn: FakeConnection) -> None:
@@ -129,7 +134,7 @@ def test_finished_failed_is_resent_until_it_succeeds(tmp_path):
 
 
 @pytest.mark.parametrize("max_retries", [0, 2])
-def test_finished_failed_too_often_is_an_error(tmp_path, max_retries):
+def test_finished_failed_too_often_is_an_error(tmp_path: Path, max_retries: int) -> None:
     write_dataset(tmp_path, {"users": [3]}, skipped=False)
     with FakeServer(batches_then(lambda c: c.ack(False))) as server:
         with pytest.raises(ClientError, match=f"rejected by the orchestrator {max_retries + 1} "):
@@ -137,7 +142,7 @@ def test_finished_failed_too_often_is_an_error(tmp_path, max_retries):
     assert len(finished_frames(server)) == max_retries + 1
 
 
-def test_without_finished_ack_a_close_counts_as_stored(tmp_path):
+def test_without_finished_ack_a_close_counts_as_stored(tmp_path: Path) -> None:
     write_dataset(tmp_path, {"users": [3]}, skipped=False)
     with FakeServer(batches_then(close_silently)) as server:
         summary = make_client(server.address, finished_ack=False).send_folder(tmp_path)
@@ -145,7 +150,7 @@ def test_without_finished_ack_a_close_counts_as_stored(tmp_path):
     assert summary.reconnects == 0 and summary.rows == {"users": 3}
 
 
-def test_without_finished_ack_a_reset_is_still_resent(tmp_path):
+def test_without_finished_ack_a_reset_is_still_resent(tmp_path: Path) -> None:
     write_dataset(tmp_path, {"users": [3]}, skipped=False)
 
     def handler(conn: FakeConnection) -> None:
@@ -159,7 +164,7 @@ def test_without_finished_ack_a_reset_is_still_resent(tmp_path):
 # -- against the real orchestrator ------------------------------------------------------
 
 @pytest.mark.parametrize("compat", [False, True], ids=["default", "compat"])
-def test_orchestrator_answers_finished_only_outside_compat(tmp_path, compat):
+def test_orchestrator_answers_finished_only_outside_compat(tmp_path: Path, compat: bool) -> None:
     server = Orchestrator(FileSink(tmp_path / "sink.bin", fsync="never"), "127.0.0.1", 0,
                           compat=compat)
     with running(server):
@@ -175,7 +180,7 @@ def test_orchestrator_answers_finished_only_outside_compat(tmp_path, compat):
     assert len(sink_finished(tmp_path / "sink.bin")) == 1
 
 
-def test_client_with_finished_ack_cannot_finish_against_a_compat_server(tmp_path):
+def test_client_with_finished_ack_cannot_finish_against_a_compat_server(tmp_path: Path) -> None:
     """Why ``--no-finished-ack`` exists: a silent close is never taken for stored."""
     write_dataset(tmp_path / "data", {"users": [3]}, skipped=False)
     sink = tmp_path / "sink.bin"
@@ -227,7 +232,7 @@ class FinishedEater:
             sock.close()
         assert not any(t.is_alive() for t in self._threads), "proxy threads still running"
 
-    def _spawn(self, target, *args) -> None:
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
         self._threads.append(thread)
         thread.start()
@@ -301,14 +306,15 @@ def _frames(sock: socket.socket) -> Iterator[bytes]:
         yield header + body
 
 
-def _subprocess_env() -> dict:
+def _subprocess_env() -> Dict[str, str]:
     """``python -m fastframe`` runs this fastframe and this codec."""
     package_root = str(Path(fastframe.__file__).resolve().parents[1])
     path = os.environ.get("PYTHONPATH")
     return dict(os.environ, PYTHONPATH=package_root + (os.pathsep + path if path else ""))
 
 
-def _send(folder: Path, address: Tuple[str, int], *options: str) -> subprocess.CompletedProcess:
+def _send(folder: Path, address: Tuple[str, int],
+          *options: str) -> "subprocess.CompletedProcess[str]":
     command = [sys.executable, "-m", "fastframe", "send", str(folder), "--server",
                f"{address[0]}:{address[1]}", "--agency-id", str(AGENCY_ID), *options]
     return subprocess.run(command, env=_subprocess_env(), capture_output=True, text=True,
@@ -316,7 +322,7 @@ def _send(folder: Path, address: Tuple[str, int], *options: str) -> subprocess.C
 
 
 @pytest.mark.parametrize("where", ["request", "answer"])
-def test_send_exits_0_only_once_finished_is_in_the_sink(tmp_path, where):
+def test_send_exits_0_only_once_finished_is_in_the_sink(tmp_path: Path, where: str) -> None:
     write_dataset(tmp_path / "data", {"users": [30], "stores": [4]}, skipped=False)
     sink = tmp_path / "sink.bin"
     server = Orchestrator(FileSink(sink, fsync="never"), "127.0.0.1", 0)
@@ -331,7 +337,7 @@ def test_send_exits_0_only_once_finished_is_in_the_sink(tmp_path, where):
     assert decode_frame(stored[0]).batch_msg == Finished(AGENCY_ID)
 
 
-def test_client_never_succeeds_while_finished_is_always_eaten(tmp_path):
+def test_client_never_succeeds_while_finished_is_always_eaten(tmp_path: Path) -> None:
     write_dataset(tmp_path / "data", {"users": [3]}, skipped=False)
     sink = tmp_path / "sink.bin"
     server = Orchestrator(FileSink(sink, fsync="never"), "127.0.0.1", 0)
@@ -341,7 +347,7 @@ def test_client_never_succeeds_while_finished_is_always_eaten(tmp_path):
     assert proxy.eaten == 3 and sink_finished(sink) == []
 
 
-def test_no_finished_ack_cannot_tell_an_eaten_finished(tmp_path):
+def test_no_finished_ack_cannot_tell_an_eaten_finished(tmp_path: Path) -> None:
     """What ``--no-finished-ack`` gives up: a lost FINISHED looks like a stored one."""
     write_dataset(tmp_path / "data", {"users": [3]}, skipped=False)
     sink = tmp_path / "sink.bin"
@@ -352,7 +358,7 @@ def test_no_finished_ack_cannot_tell_an_eaten_finished(tmp_path):
     assert sink_finished(sink) == []
 
 
-def test_send_no_finished_ack_against_a_compat_server(tmp_path):
+def test_send_no_finished_ack_against_a_compat_server(tmp_path: Path) -> None:
     write_dataset(tmp_path / "data", {"users": [30], "stores": [4]}, skipped=False)
     sink = tmp_path / "sink.bin"
     server = Orchestrator(FileSink(sink, fsync="never"), "127.0.0.1", 0, compat=True)
