@@ -763,13 +763,14 @@ def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0)
         time.sleep(0.005)
 
 
-def _settled_rss(pid: int, timeout: float = 3.0) -> int:
-    """VmRSS once two samples 100 ms apart agree (or after ``timeout``)."""
+def _settled(read: Callable[[], int], timeout: float = 3.0) -> int:
+    """``read()`` once two samples 100 ms apart agree (or after ``timeout``): a connection
+    just closed on our side may still hold its thread and descriptor in the server."""
     deadline = time.monotonic() + timeout
-    last = _proc_status(pid)["VmRSS"]
+    last = read()
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        now = _proc_status(pid)["VmRSS"]
+        now = read()
         if now == last:
             break
         last = now
@@ -777,8 +778,7 @@ def _settled_rss(pid: int, timeout: float = 3.0) -> int:
 
 
 def _still_open(sock: socket.socket) -> bool:
-    """Whether the server has left this idle connection open (nothing to read, no EOF)."""
-    sock.setblocking(False)  # a socket with a timeout would wait for data first
+    """Whether the server has left this idle (non-blocking) connection open: no EOF."""
     try:
         return sock.recv(1, socket.MSG_PEEK) != b""
     except BlockingIOError:
@@ -810,21 +810,27 @@ def connections(impl: str, wl: workload.Workload, idle: int, repeats: int) -> Di
         pid = proc.pid
         _timed_sends(address, wl.folder, 1)   # warm-up: imports, the sink file, buffers
         alone = _timed_sends(address, wl.folder, repeats)
-        base_fds, base_threads = _open_fds(pid), _threads(pid)
-        rss_before = _settled_rss(pid)
+        rss = lambda: _proc_status(pid)["VmRSS"]  # noqa: E731
+        base_fds = _settled(lambda: _open_fds(pid))
+        base_threads = _threads(pid)
+        rss_before = _settled(rss)
         socks: List[socket.socket] = []
         try:
             slow_connects = 0   # waited out a SYN retransmit: the accept queue was full
             began = time.perf_counter()
             for _ in range(idle):
                 start = time.perf_counter()
-                socks.append(socket.create_connection(address, timeout=30))
+                sock = socket.create_connection(address, timeout=30)
                 slow_connects += time.perf_counter() - start > 0.5
+                sock.setblocking(False)   # so that _still_open never waits
+                socks.append(sock)
             connected = time.perf_counter() - began
-            _wait_until(lambda: _open_fds(pid) >= base_fds + idle,
-                        f"the server to accept {idle} connections")
+            # Accepted: open in the server, or closed by it already (a header timeout).
+            _wait_until(lambda: _open_fds(pid) - base_fds + idle - sum(map(_still_open, socks))
+                        >= idle, f"the server to accept {idle} connections")
             accepted = time.perf_counter() - began
-            rss_idle = _settled_rss(pid)
+            rss_idle = _settled(rss)
+            open_at_rss = sum(map(_still_open, socks))
             threads_idle = _threads(pid)
             beside = _timed_sends(address, wl.folder, repeats)
             open_after = sum(map(_still_open, socks))
@@ -832,7 +838,7 @@ def connections(impl: str, wl: workload.Workload, idle: int, repeats: int) -> Di
             for sock in socks:
                 sock.close()
         _wait_until(lambda: _open_fds(pid) <= base_fds, "the server to close them")
-        rss_after = _settled_rss(pid)
+        rss_after = _settled(rss)
     alone_s, beside_s = statistics.median(alone), statistics.median(beside)
     csv_mb = wl.csv_bytes / MB
     return {
@@ -840,7 +846,8 @@ def connections(impl: str, wl: workload.Workload, idle: int, repeats: int) -> Di
         "connect_seconds": connected, "accept_seconds": accepted,
         "accepts_per_s": idle / accepted, "slow_connects": slow_connects,
         "rss_before": rss_before, "rss_with_idle": rss_idle, "rss_after_close": rss_after,
-        "rss_per_idle_connection": (rss_idle - rss_before) / idle,
+        "open_at_rss": open_at_rss,
+        "rss_per_idle_connection": (rss_idle - rss_before) / max(open_at_rss, 1),
         "threads_before": base_threads, "threads_with_idle": threads_idle,
         "idle_open_after_sends": open_after,
         "send_seconds_alone": alone, "send_seconds_beside_idle": beside,
@@ -858,8 +865,8 @@ def print_connections(m: Dict[str, Any], csv_mb: float) -> None:
           f"{m['slow_connects']:,} connect() calls waited over 0.5 s for a SYN retransmit, "
           f"the accept queue being full)")
     print(f"server RSS:    {m['rss_before'] / MiB:.1f} MiB before, {m['rss_with_idle'] / MiB:.1f} "
-          f"MiB with them open ({m['rss_per_idle_connection'] / 1024:.1f} KiB per idle "
-          f"connection), {m['rss_after_close'] / MiB:.1f} MiB after they closed")
+          f"MiB with {m['open_at_rss']:,} open ({m['rss_per_idle_connection'] / 1024:.1f} KiB "
+          f"per idle connection), {m['rss_after_close'] / MiB:.1f} MiB after they closed")
     print(f"server threads: {m['threads_before']} before, {m['threads_with_idle']} with them open")
     spans = {key: f"{min(v):.2f}..{max(v):.2f} s"
              for key, v in (("alone", m["send_seconds_alone"]),
