@@ -62,6 +62,18 @@ def record_sleeps(monkeypatch: pytest.MonkeyPatch) -> List[float]:
     return sleeps
 
 
+def answer_until_closed(address: Tuple[str, int], data: bytes) -> bytes:
+    """Send ``data`` on a new connection; everything the orchestrator answers until it closes."""
+    answer = b""
+    with socket.create_connection(address, timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return answer
+            answer += chunk
+
+
 def batches_then(finished_answer: Callable[[FakeConnection], None]) -> Handler:
     """A fake handler: ACK every batch and EOF; on FINISHED call ``finished_answer(conn)``."""
     def handler(conn: FakeConnection) -> None:
@@ -168,16 +180,22 @@ def test_orchestrator_answers_finished_only_outside_compat(tmp_path: Path, compa
     server = Orchestrator(FileSink(tmp_path / "sink.bin", fsync="never"), "127.0.0.1", 0,
                           compat=compat)
     with running(server):
-        with socket.create_connection(server.address, timeout=TIMEOUT) as sock:
-            sock.sendall(codec.encode_finished_frame(AGENCY_ID))
-            answer = b""
-            while True:
-                chunk = sock.recv(64)
-                if not chunk:
-                    break
-                answer += chunk
+        answer = answer_until_closed(server.address, codec.encode_finished_frame(AGENCY_ID))
     assert answer == (b"" if compat else SUCCESS)
     assert len(sink_finished(tmp_path / "sink.bin")) == 1
+
+
+@pytest.mark.parametrize("compat", [False, True], ids=["default", "compat"])
+def test_go_client_capture_replayed_gets_one_more_ack_outside_compat(
+        tmp_path: Path, conformance_dir: Path, compat: bool) -> None:
+    """The original Go client's stream: its recorded answers, plus SUCCESS for FINISHED."""
+    c2s = (conformance_dir / "sample_c2s.bin").read_bytes()
+    s2c = (conformance_dir / "sample_s2c.bin").read_bytes()
+    server = Orchestrator(FileSink(tmp_path / "sink.bin", fsync="never"), "127.0.0.1", 0,
+                          compat=compat)
+    with running(server):
+        answer = answer_until_closed(server.address, c2s)
+    assert answer == (s2c if compat else s2c + SUCCESS)
 
 
 def test_client_with_finished_ack_cannot_finish_against_a_compat_server(tmp_path: Path) -> None:
