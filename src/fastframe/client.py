@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import logging
 import os
 import socket
 import time
@@ -33,6 +34,9 @@ from .schema import (
 __all__ = ["Client", "ClientError", "Cancelled", "SendSummary", "CSV_COLUMNS", "read_table_csv"]
 
 _MAX_BACKOFF = 5.0  # seconds; retries back off exponentially up to this
+
+# Connection retries are reported here (WARNING), so a caller can show what it waits for.
+log = logging.getLogger("fastframe.client")
 
 # CSV header name -> wire key, where they differ (§9); other headers map to themselves.
 CSV_COLUMNS: Dict[str, Dict[str, str]] = {
@@ -453,7 +457,9 @@ class Client:
                     raise ClientError(f"FINISHED of agency {self.agency_id}: rejected by the "
                                       f"orchestrator {rejected} times")
                 self.summary.retries += 1
-                delay = self.backoff * 2 ** (rejected - 1)
+                delay = min(self.backoff * 2 ** (rejected - 1), _MAX_BACKOFF)
+                log.warning("FINISHED rejected by the orchestrator; sending it again in %.1f s",
+                            delay)
             else:
                 unanswered += 1
                 if unanswered >= self.connect_attempts:
@@ -461,8 +467,11 @@ class Client:
                                       f"{unanswered} connections ended without an answer; "
                                       f"last: {silence}")
                 self.summary.reconnects += 1
-                delay = self.backoff * 2 ** (unanswered - 1)
-            time.sleep(min(delay, _MAX_BACKOFF))
+                delay = min(self.backoff * 2 ** (unanswered - 1), _MAX_BACKOFF)
+                log.warning("FINISHED not answered (%s): outcome unknown, sending it again in "
+                            "%.1f s (attempt %d of %d)", silence, delay, unanswered + 1,
+                            self.connect_attempts)
+            time.sleep(delay)
             self._close()
             self._connect()
 
