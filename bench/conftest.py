@@ -2,10 +2,10 @@
 
 ``codec`` is the implementation module (``"c"`` or ``"python"``, loaded with
 ``fastframe.codec.load``) and is also installed as ``fastframe.codec.impl``
-for the case, as the tests do, so ``FrameReader`` runs on it too. Unlike the
-tests, a Cython codec that is not built yet *skips* its cases (the reason is
-in the ``-ra`` summary): the benchmarks then run on the pure codec alone, and
-the ``c`` cases appear by themselves once ``_codec_c`` imports.
+for the case, as the tests do, so ``FrameReader`` runs on it too. The cases
+run on the installed package (``pip install '.[bench]'`` builds the Cython
+codec). Unlike the tests, a Cython codec that does not import *skips* its
+cases, with the reason in the ``-ra`` summary.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """pytest-benchmark cases for both codecs on 1 MiB client batches.
 
-Run: ``cd /work/main && PYTHONPATH=src python -m pytest bench -q --benchmark-only``.
+Run from the repository, on the installed package: ``pip install '.[bench]' &&
+python -m pytest bench -q --benchmark-only``.
 Each case runs once per implementation (the ``codec`` fixture); cases that do
 the same work share a group, so the summary puts C and pure side by side.
 ``extra_info`` records the wire bytes, rows and MB/s (of the wire frame,

@@ -3,8 +3,8 @@
 The rows come from ``fastframe gen DIR --transactions N --seed SEED`` (run once
 and cached in the temporary directory, keyed by the generator's source), read
 back with the client's own CSV reader, so they are the rows the client sends.
-Until ``fastframe.datagen`` exists the golden conformance frames stand in
-(see ``_fallback_folder``).
+Everything runs on the ``fastframe`` this interpreter imports (the installed
+package), and so does the ``fastframe gen`` subprocess.
 
 A *batch* is the longest prefix of a table's rows whose frame stays within
 the protocol's 1 MiB limit (PROTOCOL.md §4), encoded by the pure-Python codec
@@ -12,23 +12,18 @@ with the keys in spec order: the same logical content the competitors encode.
 """
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
-import importlib.util
-import itertools
-import os
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import fastframe
+import fastframe.datagen
 from fastframe import _codec_py
 from fastframe.client import read_table_csv
 from fastframe.schema import (
@@ -38,10 +33,6 @@ from fastframe.schema import (
 SEED = 20240601
 TRANSACTIONS = 40_000
 BENCH_TABLES = ("transactions", "transaction_items")
-SRC = Path(fastframe.__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FASTFRAME_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-GOLDEN = SHARED / "conformance" / "golden"
-SAMPLE_DATA = SHARED / "conformance" / "sample_data"
 CACHE = Path(tempfile.gettempdir()) / "fastframe-bench"
 
 
@@ -88,10 +79,6 @@ class Workload:
 
 def _table_csvs(folder: Path) -> List[Path]:
     return sorted(p for name in TABLES_BY_NAME for p in (folder / name).glob("*.csv"))
-
-
-def datagen_available() -> bool:
-    return importlib.util.find_spec("fastframe.datagen") is not None
 
 
 def row_size(spec: TableSpec, values: Sequence[str]) -> int:
@@ -155,8 +142,6 @@ def read_rows(folder: Path, table: str) -> List[Dict[str, str]]:
 
 def _generated_folder(transactions: int, seed: int) -> Path:
     """Run ``fastframe gen`` once per (generator source, size, seed); reuse its output."""
-    import fastframe.datagen
-
     digest = hashlib.sha256(Path(fastframe.datagen.__file__).read_bytes()).hexdigest()[:12]
     folder = CACHE / f"gen-{transactions}-{seed}-{digest}"
     if (folder / ".complete").exists():
@@ -164,53 +149,12 @@ def _generated_folder(transactions: int, seed: int) -> Path:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     subprocess.run([sys.executable, "-m", "fastframe", "gen", str(partial),
                     "--transactions", str(transactions), "--seed", str(seed)],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL)
     (partial / ".complete").touch()
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
-    return folder
-
-
-def _golden_rows(table: str) -> List[Dict[str, str]]:
-    spec = TABLES_BY_NAME[table]
-    frame = (GOLDEN / f"input_{table}.bin").read_bytes()
-    _, _, _, rows = _codec_py.decode_table_body(spec.opcode, memoryview(frame)[5:], "tuple")
-    return [dict(zip(spec.required_keys, r)) for r in rows]
-
-
-def _fallback_folder(transactions: int, seed: int) -> Path:
-    """Until ``fastframe gen`` exists: the golden 1 MiB frames' rows, repeated with fresh
-    transaction ids up to ``transactions`` rows, written as CSV next to the sample data's
-    small tables."""
-    folder = CACHE / f"golden-{transactions}-{seed}"
-    if (folder / ".complete").exists():
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    rnd = random.Random(seed)
-    for table in ("menu_items", "stores", "users"):
-        (folder / table).mkdir(parents=True)
-        for src in (SAMPLE_DATA / table).glob("*.csv"):
-            shutil.copy(src, folder / table / src.name)
-    items_per_tx = 2
-    for table, count in (("transactions", transactions),
-                         ("transaction_items", transactions * items_per_tx)):
-        spec = TABLES_BY_NAME[table]
-        header = list(spec.required_keys)
-        if table == "transactions":
-            header.insert(header.index("user_id"), "voucher_id")
-        (folder / table).mkdir(parents=True)
-        with open(folder / table / f"{table}_golden.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            for row in itertools.islice(itertools.cycle(_golden_rows(table)), count):
-                row = dict(row, transaction_id=str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
-                           voucher_id="")
-                writer.writerow([row[k] for k in header])
-    (folder / ".complete").touch()
     return folder
 
 
@@ -218,12 +162,8 @@ def prepare(transactions: int = TRANSACTIONS, seed: int = SEED,
             replay_frames: int = 24) -> Workload:
     """The data folder, one 1 MiB batch per benchmarked table, and up to
     ``replay_frames`` distinct client frames (both tables, alternating)."""
-    if datagen_available():
-        folder = _generated_folder(transactions, seed)
-        source = f"fastframe gen --transactions {transactions} --seed {seed}"
-    else:
-        folder = _fallback_folder(transactions, seed)
-        source = f"golden conformance rows (fastframe.datagen missing), seed {seed}"
+    folder = _generated_folder(transactions, seed)
+    source = f"fastframe gen --transactions {transactions} --seed {seed}"
     batches: Dict[str, Batch] = {}
     cut: Dict[str, List[List[Dict[str, str]]]] = {}
     for table in BENCH_TABLES:

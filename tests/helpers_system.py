@@ -7,9 +7,11 @@ that connection's thread::
     def handler(conn):                       # conn: FakeConnection
         while True:
             got = conn.read()                # a Received; None once the peer closed
-            if got is None or got.opcode == Opcodes.FINISHED:
+            if got is None:
                 return                       # returning closes the connection
             conn.ack()                       # conn.ack(False): BATCH_RECV_FAIL
+            if got.opcode == Opcodes.FINISHED:
+                return
 
     with FakeServer(handler) as server:      # ack_all (the above) by default
         Client(server.address, 1).send_folder(folder)
@@ -130,12 +132,14 @@ class FakeConnection:
 
 
 def ack_all(conn: FakeConnection) -> None:
-    """The default handler: ACK every table batch and EOF, close after FINISHED."""
+    """The default handler: ACK every frame; close after FINISHED, as fastframe's orchestrator."""
     while True:
         got = conn.read()
-        if got is None or got.opcode == Opcodes.FINISHED:
+        if got is None:
             return
         conn.ack()
+        if got.opcode == Opcodes.FINISHED:
+            return
 
 
 Handler = Callable[[FakeConnection], None]

@@ -662,7 +662,7 @@ def ipv6_port() -> int:
 
 
 def ack_everything(listener: socket.socket, opcodes: List[int]) -> None:
-    """One connection: ACK each frame, stop at FINISHED (a minimal orchestrator)."""
+    """One connection: ACK each frame, FINISHED included, and stop there (a minimal orchestrator)."""
     conn, _ = listener.accept()
     with conn, conn.makefile("rb") as stream:
         while True:
@@ -672,9 +672,9 @@ def ack_everything(listener: socket.socket, opcodes: List[int]) -> None:
             opcode, length = codec.read_frame_header(header, 0, 1 << 21)
             stream.read(length)
             opcodes.append(opcode)
+            conn.sendall(codec.encode_frame(Opcodes.BATCH_RECV_SUCCESS, b""))
             if opcode == Opcodes.FINISHED:
                 return
-            conn.sendall(codec.encode_frame(Opcodes.BATCH_RECV_SUCCESS, b""))
 
 
 def test_send_to_a_bracketed_ipv6_server(tmp_path, capsys, keep_signal_handlers, ipv6_port):

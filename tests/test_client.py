@@ -313,11 +313,13 @@ def _fail_batch(number: int, times: int):
         left = times
         while True:
             got = conn.read()
-            if got is None or got.opcode == Opcodes.FINISHED:
+            if got is None:
                 return
             failing = got.table == "stores" and got.msg.batch_number == number and left
             left -= bool(failing)
             conn.ack(not failing)
+            if got.opcode == Opcodes.FINISHED:
+                return
     return handler
 
 

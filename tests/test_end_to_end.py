@@ -106,8 +106,8 @@ def test_client_to_sink_in_process(dataset, tmp_path, batch_rows, max_batch_byte
     server = Server(FileSink(sink_path, fsync="always"), compat=compat)
     try:
         summary = Client(server.address, AGENCY_ID, batch_rows=batch_rows,
-                         max_batch_bytes=max_batch_bytes, window=8,
-                         timeout=SOCKET_TIMEOUT).send_folder(dataset)
+                         max_batch_bytes=max_batch_bytes, window=8, timeout=SOCKET_TIMEOUT,
+                         finished_ack=not compat).send_folder(dataset)
     finally:
         server.stop()
     assert summary.retries == 0 and summary.reconnects == 0

@@ -382,7 +382,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     progress = TableProgress(sys.stderr)
     client = Client(args.server, args.agency_id, batch_rows=args.batch_rows,
                     max_batch_bytes=args.max_batch_bytes, window=args.window, progress=progress,
-                    connect_attempts=args.connect_attempts)
+                    connect_attempts=args.connect_attempts,
+                    finished_ack=not args.no_finished_ack)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _f: client.cancel(s))
     # The client's retries ("waiting for HOST:PORT ...") go to stderr as they happen.
@@ -605,6 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches sent ahead of their ACKs")
     p.add_argument("--connect-attempts", type=count, default=10,
                    help="connection attempts before giving up, 0.1 s apart and doubling up to 5 s")
+    p.add_argument("--no-finished-ack", action="store_true",
+                   help="for a server that never answers FINISHED (the original, or serve "
+                        "--compat): count a close after FINISHED as success, which cannot tell "
+                        "whether FINISHED was stored")
     p.set_defaults(run=cmd_send)
 
     p = sub.add_parser("demo", help="generate, serve, send and check, end to end",

@@ -9,7 +9,8 @@ go straight from CSV bytes to frames (``codec.encode_csv_batch``, strict
 RFC 4180), one call per batch. Up to ``window`` batches are in flight
 before their ACKs are read; a BATCH_RECV_FAIL resends that batch (bounded,
 with backoff); a broken connection is re-opened and every unACKed batch is
-sent again, so delivery is at-least-once.
+sent again, so delivery is at-least-once. FINISHED counts as delivered only
+once the orchestrator answers it with BATCH_RECV_SUCCESS (``finished_ack``).
 """
 from __future__ import annotations
 
@@ -231,12 +232,18 @@ Progress = Callable[[str, int, int], None]
 
 
 class Client:
-    """Sends data folders to an orchestrator at ``address`` as agency ``agency_id``."""
+    """Sends data folders to an orchestrator at ``address`` as agency ``agency_id``.
+
+    ``finished_ack`` (default on): success only once the orchestrator answers
+    FINISHED with BATCH_RECV_SUCCESS (fastframe's extension of PROTOCOL.md
+    §7); off, for a server that never answers FINISHED (the original, or
+    ``serve --compat``), a close after FINISHED counts as success.
+    """
 
     def __init__(self, address: Tuple[str, int], agency_id: int, *, batch_rows: int = 50_000,
                  max_batch_bytes: int = MAX_BATCH_FRAME, window: int = 8, max_retries: int = 3,
                  connect_attempts: int = 10, backoff: float = 0.1, timeout: float = 60.0,
-                 progress: Optional[Progress] = None) -> None:
+                 progress: Optional[Progress] = None, finished_ack: bool = True) -> None:
         # A batch of no rows (a header-only file, a CANCEL batch) must fit too.
         empty = FRAME_HEADER_SIZE + TABLE_HEADER_SIZE
         if not empty <= max_batch_bytes <= MAX_BATCH_FRAME:
@@ -254,6 +261,7 @@ class Client:
         self.backoff = backoff
         self.timeout = timeout
         self.progress = progress
+        self.finished_ack = finished_ack
         self._sock: Optional[socket.socket] = None
         self._in_flight: Deque[_Batch] = collections.deque()
         self._cancel_signal: Optional[int] = None
@@ -433,34 +441,64 @@ class Client:
         raise Cancelled(signum)
 
     def _finish(self) -> None:
-        """Send FINISHED and wait for the orchestrator to close.
+        """Send FINISHED; return once the orchestrator has said it is stored.
 
-        FINISHED gets no ACK: the orchestrator stores it, then closes. A
-        BATCH_RECV_FAIL before the close says it was not stored; it is sent
-        again on a new connection, like a rejected batch.
+        An extension of PROTOCOL.md §7: the orchestrator answers FINISHED with
+        BATCH_RECV_SUCCESS once its sink has stored it, or BATCH_RECV_FAIL,
+        then closes. FAIL is retried like a rejected batch (``max_retries``,
+        with backoff). A connection that closes, breaks or times out with no
+        answer leaves the outcome unknown, so FINISHED goes again on a new
+        connection, up to ``connect_attempts`` times in a row with backoff; a
+        duplicate is byte-identical. With ``finished_ack=False`` (a server
+        that never answers FINISHED, as the original) a clean close counts as
+        stored, which cannot be told from a server that died before storing.
         """
         frame = codec.impl.encode_finished_frame(self.agency_id)
-        for attempt in range(1, self.max_retries + 2):
+        rejected = unanswered = 0
+        while True:
             self._send_frame(frame)
-            if self._closed_without_answer():
+            answer, silence = self._finished_answer()
+            if answer == Opcodes.BATCH_RECV_SUCCESS:
                 return
-            if attempt > self.max_retries:
-                break
-            self.summary.retries += 1
-            time.sleep(min(self.backoff * 2 ** (attempt - 1), _MAX_BACKOFF))
+            if answer == Opcodes.BATCH_RECV_FAIL:
+                rejected += 1
+                if rejected > self.max_retries:
+                    raise ClientError(f"FINISHED of agency {self.agency_id}: rejected by the "
+                                      f"orchestrator {rejected} times")
+                self.summary.retries += 1
+                delay = min(self.backoff * 2 ** (rejected - 1), _MAX_BACKOFF)
+                log.warning("FINISHED rejected by the orchestrator; sending it again in %.1f s",
+                            delay)
+            else:
+                unanswered += 1
+                if unanswered >= self.connect_attempts:
+                    raise ClientError(f"FINISHED of agency {self.agency_id}: outcome unknown, "
+                                      f"{unanswered} connections ended without an answer; "
+                                      f"last: {silence}")
+                self.summary.reconnects += 1
+                delay = min(self.backoff * 2 ** (unanswered - 1), _MAX_BACKOFF)
+                log.warning("FINISHED not answered (%s): outcome unknown, sending it again in "
+                            "%.1f s (attempt %d of %d)", silence, delay, unanswered + 1,
+                            self.connect_attempts)
+            time.sleep(delay)
             self._close()
             self._connect()
-        raise ClientError(f"FINISHED of agency {self.agency_id}: rejected by the orchestrator "
-                          f"{self.max_retries + 1} times")
 
-    def _closed_without_answer(self) -> bool:
+    def _finished_answer(self) -> Tuple[Optional[int], str]:
+        """``(ACK opcode, "")`` for FINISHED, or ``(None, why there was none)``.
+
+        A clean close with no answer is SUCCESS when ``finished_ack`` is off.
+        """
+        sock = self._sock
+        assert sock is not None, "FINISHED was just sent on it"
         try:
-            self._sock.shutdown(socket.SHUT_WR)
-            opcode = self._recv_ack()
-        except EOFError:
-            return True  # closed with nothing said: stored
-        except OSError:
-            return False  # reset or silence: not known to be stored, so send it again
+            sock.shutdown(socket.SHUT_WR)  # nothing more from us
+            return self._recv_ack(), ""
+        except EOFError as exc:
+            if not self.finished_ack:
+                return Opcodes.BATCH_RECV_SUCCESS, ""
+            return None, f"{exc} without answering FINISHED"
+        except OSError as exc:  # a reset, or silence past the timeout
+            return None, f"{type(exc).__name__}: {exc}"
         except ProtocolError as exc:
             raise ClientError(f"unexpected answer to FINISHED: {exc}") from exc
-        return opcode != Opcodes.BATCH_RECV_FAIL

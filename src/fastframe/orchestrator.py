@@ -364,10 +364,11 @@ class Orchestrator:
         if opcode == Opcodes.FINISHED:
             log.info("action: finished | result: %s | conn: %d | %s",
                      "success" if stored else "fail", conn_id, what)
-            if not stored:
-                # FINISHED has no ACK; a FAIL before closing is the one way to
-                # tell the client its end of stream was not stored.
-                sock.sendall(_FAIL)
+            # fastframe answers FINISHED (an extension of PROTOCOL.md §7), so a
+            # close cannot pass for stored; compat keeps the original's silence,
+            # except for a FAIL, the one way to say it was not stored.
+            if not stored or not self.headers.compat:
+                sock.sendall(_SUCCESS if stored else _FAIL)
             return False
         if stored:
             stats.batches += 1
