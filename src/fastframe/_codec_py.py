@@ -1215,7 +1215,7 @@ def decode_arrow(frame: Any, columns: Optional[Sequence[str]] = None) -> ArrowBa
     """
     requested = None if columns is None else list(columns)
     try:
-        import pyarrow
+        import pyarrow  # type: ignore[import-untyped, unused-ignore]  # no stubs
     except ImportError as exc:
         raise ImportError("decode_arrow in the pure-Python codec needs pyarrow: "
                           "pip install fastframe[arrow]") from exc
