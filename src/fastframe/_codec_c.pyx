@@ -2493,6 +2493,9 @@ cdef class ArrowBatch:
             raise MemoryError()
         self._columns.refs = 1
 
+    def __init__(self):
+        raise TypeError("ArrowBatch is made by decode_arrow")
+
     def __dealloc__(self):
         if self._columns != NULL:
             _columns_release(self._columns)
