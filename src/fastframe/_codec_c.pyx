@@ -2306,7 +2306,6 @@ ctypedef struct StringColumns:
     long refs
     int32_t* offsets[MAX_KEYS]
     char* data[MAX_KEYS]
-    Py_ssize_t end[MAX_KEYS]        # the bytes in data
     Py_ssize_t capacity[MAX_KEYS]
 
 ctypedef struct ChildExport:
@@ -2354,37 +2353,17 @@ cdef int _columns_start(StringColumns* c, const Scan* s, unsigned int keys) noex
     return 0
 
 
-cdef int _columns_append(StringColumns* c, const Scan* s, const Row* row, Py_ssize_t r,
-                         unsigned int keys) noexcept nogil:
-    """Append the ``keys`` values of the row just scanned (row ``r``) to their columns."""
-    cdef int j, k
-    cdef Py_ssize_t at, n, start, capacity, need
+cdef int _grow_column(StringColumns* c, int k, Py_ssize_t need) noexcept nogil:
+    """Make room for ``need`` bytes in column ``k``: at least double, as lists grow."""
+    cdef Py_ssize_t capacity = c.capacity[k] * 2
     cdef char* grown
-    cdef const int* order = s.present_order
-    for j in range(s.n_present):
-        k = order[j]
-        if not keys >> k & 1:
-            continue
-        at = c.end[k]
-        n = row.length[k]
-        start = row.start[k]
-        need = at + n + COPY_BLOCK
-        if need > c.capacity[k]:
-            capacity = c.capacity[k] * 2
-            if capacity < need:
-                capacity = need
-            grown = <char*>PyMem_RawRealloc(c.data[k], capacity)
-            if grown == NULL:
-                return -1
-            c.data[k] = grown
-            c.capacity[k] = capacity
-        if start + n + COPY_BLOCK <= s.size:
-            ff_copy_blocks(c.data[k] + at, s.data + start, n)
-        else:
-            memcpy(c.data[k] + at, s.data + start, n)
-        # A body is at most 2**31 - 1 bytes: every offset fits an int32.
-        c.offsets[k][r + 1] = <int32_t>(at + n)
-        c.end[k] = at + n
+    if capacity < need:
+        capacity = need
+    grown = <char*>PyMem_RawRealloc(c.data[k], capacity)
+    if grown == NULL:
+        return -1
+    c.data[k] = grown
+    c.capacity[k] = capacity
     return 0
 
 
@@ -2392,23 +2371,54 @@ cdef enum:
     ARROW_NO_MEMORY = -2
 
 cdef int _scan_to_columns(Scan* s, StringColumns* c, unsigned int wanted) noexcept nogil:
-    """Validate the rows after the header and copy the ``wanted`` values the batch
-    carries into ``c``: -1 on a scan error (in ``s``), ARROW_NO_MEMORY."""
+    """Validate the rows after the header and append the ``wanted`` values the batch
+    carries to their columns in ``c``: -1 on a scan error (in ``s``), ARROW_NO_MEMORY."""
     cdef Row row
-    cdef Py_ssize_t r
-    cdef unsigned int keys = wanted & s.present
-    if s.n_rows == 0 and _columns_start(c, s, keys) < 0:
+    cdef Py_ssize_t r, at, n, start
+    cdef int i, k, n_copied = 0
+    # The columns being filled, in locals that the copies cannot alias, so the
+    # compiler keeps them at hand instead of reloading them after each copy.
+    cdef int copied[MAX_KEYS]               # their key indexes
+    cdef char* data[MAX_KEYS]
+    cdef int32_t* offsets[MAX_KEYS]
+    cdef Py_ssize_t end[MAX_KEYS]           # the bytes in each
+    cdef Py_ssize_t room[MAX_KEYS]          # what each can hold and still take a whole block
+    cdef Py_ssize_t readable = s.size - COPY_BLOCK   # a value starting before this can be
+                                                     # read a block at a time
+    if s.n_rows == 0 and _columns_start(c, s, wanted & s.present) < 0:
         return ARROW_NO_MEMORY
     for r in range(s.n_rows):
         if _scan_row(s, &row, r) < 0:
             return -1
         if r == 0:
             # A projection's first row says which keys every row carries.
-            keys = wanted & s.present
-            if _columns_start(c, s, keys) < 0:
+            if _columns_start(c, s, wanted & s.present) < 0:
                 return ARROW_NO_MEMORY
-        if _columns_append(c, s, &row, r, keys) < 0:
-            return ARROW_NO_MEMORY
+            for k in range(s.table.n_keys):
+                if (wanted & s.present) >> k & 1:
+                    copied[n_copied] = k
+                    data[n_copied] = c.data[k]
+                    offsets[n_copied] = c.offsets[k]
+                    end[n_copied] = 0
+                    room[n_copied] = c.capacity[k] - COPY_BLOCK
+                    n_copied += 1
+        for i in range(n_copied):
+            k = copied[i]
+            at = end[i]
+            n = row.length[k]
+            start = row.start[k]
+            if at + n > room[i]:
+                if _grow_column(c, k, at + n + COPY_BLOCK) < 0:
+                    return ARROW_NO_MEMORY
+                data[i] = c.data[k]
+                room[i] = c.capacity[k] - COPY_BLOCK
+            if start + n <= readable:
+                ff_copy_blocks(data[i] + at, s.data + start, n)
+            else:
+                memcpy(data[i] + at, s.data + start, n)
+            end[i] = at + n
+            # A body is at most 2**31 - 1 bytes: every offset fits an int32.
+            offsets[i][r + 1] = <int32_t>(at + n)
     return _scan_end(s)
 
 
