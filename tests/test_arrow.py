@@ -303,6 +303,18 @@ def test_unconsumed_capsules_release_their_arrays(codec, traced):
     assert _allocated() - base < -BIG     # the batch's own values went with it
 
 
+def test_a_batch_holds_about_its_values(codec, traced):
+    # few bytes in most columns, most bytes in one: a batch keeps what it needs, not guesses
+    data = items_frame(codec, BIG_ROWS)
+    values = sum(len(v.encode()) for r in BIG_ROWS for v in r.values())
+    offsets = 4 * (len(BIG_ROWS) + 1) * len(ITEMS.required_keys)
+    base = _allocated()
+    batch = codec.decode_arrow(data)
+    held = _allocated() - base
+    assert values <= held < 1.2 * (values + offsets) + 64 * 1024
+    del batch
+
+
 def test_a_consumer_keeps_the_values_until_it_releases_them(codec, traced):
     data = items_frame(codec, BIG_ROWS)
     base = _allocated()

@@ -12,11 +12,11 @@ from cpython.dict cimport PyDict_Copy, PyDict_Next, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject, Py_TYPE
-from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from cpython.mem cimport (
     PyMem_Free, PyMem_Malloc, PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc,
     PyMem_Realloc,
 )
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport (
@@ -2367,6 +2367,14 @@ cdef int _grow_column(StringColumns* c, int k, Py_ssize_t need) noexcept nogil:
     return 0
 
 
+cdef void _shrink_column(StringColumns* c, int k, Py_ssize_t size) noexcept nogil:
+    # A failed shrink leaves the column as it was, which is as good.
+    cdef char* shrunk = <char*>PyMem_RawRealloc(c.data[k], size if size > 0 else 1)
+    if shrunk != NULL:
+        c.data[k] = shrunk
+        c.capacity[k] = size
+
+
 cdef enum:
     ARROW_NO_MEMORY = -2
 
@@ -2419,7 +2427,12 @@ cdef int _scan_to_columns(Scan* s, StringColumns* c, unsigned int wanted) noexce
             end[i] = at + n
             # A body is at most 2**31 - 1 bytes: every offset fits an int32.
             offsets[i][r + 1] = <int32_t>(at + n)
-    return _scan_end(s)
+    if _scan_end(s) < 0:
+        return -1
+    # Give back what the first guesses left unused: the batch may live long.
+    for i in range(n_copied):
+        _shrink_column(c, copied[i], end[i])
+    return 0
 
 
 cdef tuple _arrow_column_names(tuple keys, list requested):
