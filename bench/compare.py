@@ -28,6 +28,10 @@ accept rate of ``fastframe serve``, its RSS per idle connection, and a healthy
 client's throughput beside 2,000 idle connections and without them.
 ``--plot`` draws the codec tables of the transactions batch as a bar chart.
 
+Decode to Arrow (the transactions batch only): ``decode_arrow`` on both
+codecs, beside ``decode_columns`` and pyarrow reading the same rows from its
+own IPC stream format; needs pyarrow, and is left out without it.
+
 Timing: ``time.perf_counter_ns`` around each call; the number of calls is
 calibrated from a first call to fill a time budget per case, within bounds,
 and the calls of the implementations in one table run interleaved in five
@@ -514,6 +518,60 @@ def codec_sections(batch: workload.Batch, codecs: Dict[str, Any]) -> List[Sectio
     project.cases.append(Case("naive recv per field", naive_project, same_projection, size,
                               "per-field recv, then a field-at-a-time DataBatch"))
     return [dicts, objects, tuples_section, columns, encode, project]
+
+
+def decode_to_arrow(batch: workload.Batch, codecs: Dict[str, Any], budget: Budget,
+                    slow_budget: Budget) -> List[Result]:
+    """Time, print and return the "decode to Arrow" table for ``batch``.
+
+    ``decode_arrow`` on each codec, the same plus pyarrow's import of the
+    result (what a consumer pays on top), ``decode_columns`` beside it, and
+    pyarrow reading the same rows from an IPC stream it wrote itself.
+    """
+    try:
+        import pyarrow as pa
+    except ImportError:
+        print("\n### decode to Arrow: not measured (pyarrow is not installed)")
+        return []
+    spec, frame, rows = batch.spec, batch.frame, batch.rows
+    expected = pa.RecordBatch.from_pydict(
+        {k: pa.array([r[k] for r in rows], pa.string()) for k in spec.required_keys},
+        schema=pa.schema([pa.field(k, pa.string(), nullable=False) for k in spec.required_keys]))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, expected.schema) as writer:
+        writer.write_batch(expected)
+    ipc = sink.getvalue()
+
+    def same_batch(out) -> bool:
+        return pa.record_batch(out).equals(expected)
+
+    def same_columns(out) -> bool:
+        return list(out) == list(spec.required_keys) and all(
+            out[k].tolist() == expected.column(k).to_pylist() for k in out)
+
+    section = Section("decode to Arrow", spec.name, len(frame), len(rows), reference=None)
+    for name, module in codecs.items():
+        section.cases.append(Case(f"fastframe-{name} arrow", lambda m=module: m.decode_arrow(frame),
+                                  same_batch, len(frame), "decode_arrow -> Arrow PyCapsule batch"))
+        if name == "c":  # the pure codec's batch is pyarrow's already
+            section.cases.append(Case(
+                "fastframe-c arrow+import", lambda m=module: pa.record_batch(m.decode_arrow(frame)),
+                same_batch, len(frame), "decode_arrow, then pyarrow.record_batch of it"))
+        section.cases.append(Case(f"fastframe-{name} columns",
+                                  lambda m=module: m.decode_columns(frame), same_columns,
+                                  len(frame), "decode_columns -> object arrays"))
+    section.cases.append(Case("pyarrow IPC stream", lambda: pa.ipc.open_stream(ipc).read_all(),
+                              lambda out: out.equals(pa.Table.from_batches([expected])),
+                              ipc.size, "ipc.open_stream(buf).read_all(), its own format"))
+    found = run_section(section, budget, slow_budget)
+    print_table(f"decode to Arrow: {spec.name} ({len(rows):,} rows, {len(frame):,} B frame)",
+                found, None)
+    print_payloads(section)
+    medians = {r.impl: r.median for r in found}
+    for name in codecs:
+        arrow, columns = (medians[f"fastframe-{name} {what}"] for what in ("arrow", "columns"))
+        print(f"fastframe-{name}: decode_arrow / decode_columns = {arrow / columns:.2f}x")
+    return found
 
 
 def run_section(section: Section, budget: Budget, slow_budget: Budget,
@@ -1124,6 +1182,11 @@ def targets(results: List[Result], rss: List[Dict[str, Any]]) -> List[Dict[str, 
               lambda t: med("decode to dicts", t, "fastframe-c")), lambda v: v <= 1.3, times)
     add_time("decode to tuples, C <= 1.0 ms", "decode to tuples", "fastframe-c", 1.0e-3)
     add_time("decode to columns, C <= 0.8 ms", "decode to columns", "fastframe-c", 0.8e-3)
+    arrow, columns = (med("decode to Arrow", "transactions", f"fastframe-c {what}")
+                      for what in ("arrow", "columns"))
+    add("decode to Arrow, C decode_arrow <= 0.5x C decode_columns",
+        [None if arrow is None or columns is None else arrow / columns], lambda v: v <= 0.5,
+        times, ["transactions"])
     for row_type in ("dicts", "objects", "tuples"):
         add_time(f"decode to {row_type}, pure Python <= 13 ms", f"decode to {row_type}",
                  "fastframe-python", 13e-3)
@@ -1227,6 +1290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print_table(f"{title}: {section.table} ({section.rows:,} rows, "
                             f"{section.wire_bytes:,} B frame)", found, section.reference)
                 print_payloads(section)
+        results += decode_to_arrow(wl.batches["transactions"], codecs, budget, slow)
 
     if "end-to-end" in run:
         e2e = end_to_end(wl, codecs, e2e_frames, e2e_repeats)

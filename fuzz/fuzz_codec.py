@@ -3,7 +3,7 @@
 Each input is ``[u8 ctl][payload]`` and goes through ``tests/differential.py``'s
 ``check``: every decoder entry point (frame header, table/EOF/FINISHED/ACK/
 DataBatch bodies in every row type, projected or not, ``project_databatch``,
-``decode_columns``, ``decode_frame``, ``FrameDecoder.feed`` with random
+``decode_columns``, ``decode_arrow``, ``decode_frame``, ``FrameDecoder.feed`` with random
 chunking, ``FrameReader`` and ``recv_msg`` over a fake socket) on the Cython
 and the pure-Python codec. A divergence, an exception other than
 ``ProtocolError`` or a broken stream invariant raises, which atheris reports
@@ -38,6 +38,10 @@ with atheris.instrument_imports(include=["fastframe"]):
 
 try:
     import numpy  # noqa: F401  (decode_columns imports it lazily; keep that out of the loop)
+except ImportError:
+    pass
+try:
+    import pyarrow  # noqa: F401  (so does decode_arrow in the pure codec)
 except ImportError:
     pass
 

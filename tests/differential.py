@@ -14,8 +14,10 @@ chunk sizes, ``max_frame``, reader buffer size).
 For every call the implementations must return equal values of the same
 types, or raise the same exception type with the same message and ``opcode``;
 and the only exception decoding bytes may raise is ``ProtocolError`` (plus
-``ValueError`` from ``decode_columns``, which documents it for unparsable
-numbers, and ``EOFError`` for a stream closed mid-frame). On top of parity,
+``ValueError`` from ``decode_columns`` and ``decode_arrow``, which document
+it for unparsable numbers and columns not in the batch, and ``EOFError`` for a
+stream closed mid-frame). ``decode_arrow``'s batches are compared as pyarrow
+reads them through the PyCapsule interface. On top of parity,
 per implementation: a stream gives the same messages and errors however it is
 cut and whichever reader reads it ("stream-consistency"), a decoded frame
 re-encodes to a frame that decodes to the same message ("round-trip"), and
@@ -27,6 +29,7 @@ Any violation raises ``Finding``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import random
 import struct
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -37,6 +40,8 @@ from fastframe.errors import ProtocolError
 from fastframe.schema import DEFAULT_MAX_FRAME, TABLES_BY_OPCODE
 
 IMPLEMENTATIONS = ("c", "python")
+# decode_arrow is compared where pyarrow is installed (the pure codec needs it).
+_HAVE_PYARROW = importlib.util.find_spec("pyarrow") is not None
 CHECKS = ("parity", "exceptions", "stream-consistency", "round-trip", "buffer-type")
 ROW_TYPES = ("object", "dict", "tuple")
 _DTYPE_MODES = (None, "float64", "int64", "random")
@@ -86,6 +91,13 @@ def normalize(value: Any) -> Any:
         return (type(value).__name__, fields)
     if type(value).__name__ == "ndarray":
         return ("ndarray", value.dtype.str, normalize(value.tolist()))
+    if type(value).__name__ == "ArrowBatch":
+        # read through the PyCapsule interface, as a consumer reads it
+        import pyarrow
+
+        batch = pyarrow.record_batch(value)
+        return ("ArrowBatch", len(value), value.column_names, str(batch.schema),
+                normalize(batch.to_pydict()))
     return (type(value).__name__, value)
 
 
@@ -400,6 +412,9 @@ def check(data: bytes, codecs: Dict[str, Any], skip: Iterable[str] = ()) -> None
             columns = plan.columns(table, 2)
         results.compare(f"decode_columns[columns={columns},dtypes={dtypes}]",
                         lambda c: c.decode_columns(buf, columns, dtypes), allowed=(ValueError,))
+        if _HAVE_PYARROW:
+            results.compare(f"decode_arrow[columns={columns}]",
+                            lambda c: c.decode_arrow(buf, columns), allowed=(ValueError,))
 
     pieces = plan.chunks(payload)
     streams = {

@@ -12,7 +12,11 @@ from cpython.dict cimport PyDict_Copy, PyDict_Next, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject, Py_TYPE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport (
+    PyMem_Free, PyMem_Malloc, PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc,
+    PyMem_Realloc,
+)
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport (
@@ -40,7 +44,7 @@ __all__ = [
     "decode_eof_body", "decode_finished_body", "decode_ack_body", "decode_databatch_body",
     "encode_frame", "encode_table_frame", "encode_eof_frame", "encode_finished_frame",
     "encode_databatch_header", "encode_databatch_frame", "check_embedded", "project_databatch",
-    "decode_columns", "encode_csv_batch",
+    "decode_columns", "encode_csv_batch", "decode_arrow",
 ]
 
 cdef extern from *:
@@ -1857,10 +1861,8 @@ cdef tuple _string_columns(opcode, const char* data, Py_ssize_t size, projected,
     return present, [columns[k] if s.present >> k & 1 else None for k in range(len(keys))]
 
 
-def decode_columns(frame, columns=None, dtypes=None):
-    """Decode a table frame, or a DataBatch frame embedding one, into numpy columns."""
-    import numpy as np
-
+cdef tuple _table_batch(frame, str consumer):
+    """A table frame, or a DataBatch frame embedding one -> ``(opcode, body, projected)``."""
     opcode, length = read_frame_header(frame, 0, 0x7FFFFFFF)
     view = memoryview(frame).cast("B")
     if len(view) != 5 + length:
@@ -1872,7 +1874,15 @@ def decode_columns(frame, columns=None, dtypes=None):
         header = decode_databatch_body(body)
         opcode, body = header[7], body[header[8]:]
     if opcode not in TABLES_BY_OPCODE:
-        raise ProtocolError(f"decode_columns needs a table batch, got opcode {opcode}", opcode)
+        raise ProtocolError(f"{consumer} needs a table batch, got opcode {opcode}", opcode)
+    return opcode, body, projected
+
+
+def decode_columns(frame, columns=None, dtypes=None):
+    """Decode a table frame, or a DataBatch frame embedding one, into numpy columns."""
+    import numpy as np
+
+    opcode, body, projected = _table_batch(frame, "decode_columns")
     cdef Py_buffer data
     _get_bytes(body, &data)
     try:
@@ -2229,3 +2239,435 @@ def encode_csv_batch(opcode, data, offset, line, picks, width, batch_number, max
         Py_XDECREF(frame)
         PyMem_Free(c.fields)
         PyBuffer_Release(&view)
+
+
+# -- Arrow ------------------------------------------------------------------
+#
+# The Arrow C Data Interface's two structs, as its specification lays them
+# out: a schema (format string, name, children) and an array (length, buffers,
+# children), each with a release callback that its current owner calls once.
+
+cdef struct ArrowSchema:
+    const char* format
+    const char* name
+    const char* metadata
+    int64_t flags
+    int64_t n_children
+    ArrowSchema** children
+    ArrowSchema* dictionary
+    void (*release)(ArrowSchema*) noexcept nogil
+    void* private_data
+
+cdef struct ArrowArray:
+    int64_t length
+    int64_t null_count
+    int64_t offset
+    int64_t n_buffers
+    int64_t n_children
+    const void** buffers
+    ArrowArray** children
+    ArrowArray* dictionary
+    void (*release)(ArrowArray*) noexcept nogil
+    void* private_data
+
+cdef extern from *:
+    """
+    /* The decoded values are shared by the batch object and every array
+       exported from it; the last of them to let go frees them, on whichever
+       thread the consumer releases its array. */
+    #if defined(_MSC_VER)
+    #  include <intrin.h>
+    #  define ff_refs_inc(p) _InterlockedIncrement(p)
+    #  define ff_refs_dec(p) _InterlockedDecrement(p)
+    #else
+    #  define ff_refs_inc(p) __atomic_add_fetch(p, 1, __ATOMIC_RELAXED)
+    #  define ff_refs_dec(p) __atomic_sub_fetch(p, 1, __ATOMIC_ACQ_REL)
+    #endif
+    static const char ff_arrow_struct_format[] = "+s";
+    static const char ff_arrow_utf8_format[] = "u";
+
+    /* n bytes copied as whole 16-byte blocks: no branch on the length of a
+       short value (they vary row to row, and mispredicted branches cost more
+       than the copy). The caller guarantees that d has room and that s can be
+       read up to the next multiple of 16 past n. */
+    static inline void ff_copy_blocks(char *d, const char *s, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        do {
+            memcpy(d + i, s + i, 16);
+            i += 16;
+        } while (i < n);
+    }
+    """
+    long ff_refs_inc(long* refs) nogil
+    long ff_refs_dec(long* refs) nogil
+    void ff_copy_blocks(char* d, const char* s, Py_ssize_t n) nogil
+    const char* ff_arrow_struct_format
+    const char* ff_arrow_utf8_format
+
+ctypedef struct StringColumns:
+    # Per key index, an Arrow utf8 column: int32 offsets (n_rows + 1 of them)
+    # and the values' UTF-8 bytes back to back; NULL for a key not decoded.
+    long refs
+    int32_t* offsets[MAX_KEYS]
+    char* data[MAX_KEYS]
+    Py_ssize_t capacity[MAX_KEYS]
+
+ctypedef struct ChildExport:
+    # What an exported column array owns: one reference to the values.
+    StringColumns* columns
+    const void* buffers[3]
+
+ctypedef struct StructExport:
+    # What an exported struct array owns: its children, until each is released.
+    const void* buffers[1]
+    ArrowArray* child_pointers[MAX_KEYS]
+    ArrowArray children[MAX_KEYS]
+
+ctypedef struct SchemaExport:
+    ArrowSchema* child_pointers[MAX_KEYS]
+    ArrowSchema children[MAX_KEYS]
+
+
+cdef void _columns_release(StringColumns* c) noexcept nogil:
+    cdef int k
+    if ff_refs_dec(&c.refs) != 0:
+        return
+    for k in range(MAX_KEYS):
+        PyMem_RawFree(c.offsets[k])
+        PyMem_RawFree(c.data[k])
+    PyMem_RawFree(c)
+
+
+cdef enum:
+    COPY_BLOCK = 16     # ff_copy_blocks' unit: the room kept free past a column's values
+
+
+cdef int _columns_start(StringColumns* c, const Scan* s, unsigned int keys) noexcept nogil:
+    """Allocate the buffers of ``keys``; a column's first guess at its size is an even share."""
+    cdef int k
+    cdef Py_ssize_t share = (s.size - 13) // (s.n_present if s.n_present > 0 else 1) + COPY_BLOCK
+    for k in range(s.table.n_keys):
+        if keys >> k & 1:
+            c.offsets[k] = <int32_t*>PyMem_RawMalloc((s.n_rows + 1) * sizeof(int32_t))
+            c.data[k] = <char*>PyMem_RawMalloc(share)
+            if c.offsets[k] == NULL or c.data[k] == NULL:
+                return -1
+            c.offsets[k][0] = 0
+            c.capacity[k] = share
+    return 0
+
+
+cdef int _grow_column(StringColumns* c, int k, Py_ssize_t need) noexcept nogil:
+    """Make room for ``need`` bytes in column ``k``: at least double, as lists grow."""
+    cdef Py_ssize_t capacity = c.capacity[k] * 2
+    cdef char* grown
+    if capacity < need:
+        capacity = need
+    grown = <char*>PyMem_RawRealloc(c.data[k], capacity)
+    if grown == NULL:
+        return -1
+    c.data[k] = grown
+    c.capacity[k] = capacity
+    return 0
+
+
+cdef void _shrink_column(StringColumns* c, int k, Py_ssize_t size) noexcept nogil:
+    # A failed shrink leaves the column as it was, which is as good.
+    cdef char* shrunk = <char*>PyMem_RawRealloc(c.data[k], size if size > 0 else 1)
+    if shrunk != NULL:
+        c.data[k] = shrunk
+        c.capacity[k] = size
+
+
+cdef enum:
+    ARROW_NO_MEMORY = -2
+
+cdef int _scan_to_columns(Scan* s, StringColumns* c, unsigned int wanted) noexcept nogil:
+    """Validate the rows after the header and append the ``wanted`` values the batch
+    carries to their columns in ``c``: -1 on a scan error (in ``s``), ARROW_NO_MEMORY."""
+    cdef Row row
+    cdef Py_ssize_t r, at, n, start
+    cdef int i, k, n_copied = 0
+    # The columns being filled, in locals that the copies cannot alias, so the
+    # compiler keeps them at hand instead of reloading them after each copy.
+    cdef int copied[MAX_KEYS]               # their key indexes
+    cdef char* data[MAX_KEYS]
+    cdef int32_t* offsets[MAX_KEYS]
+    cdef Py_ssize_t end[MAX_KEYS]           # the bytes in each
+    cdef Py_ssize_t room[MAX_KEYS]          # what each can hold and still take a whole block
+    cdef Py_ssize_t readable = s.size - COPY_BLOCK   # a value starting before this can be
+                                                     # read a block at a time
+    if s.n_rows == 0 and _columns_start(c, s, wanted & s.present) < 0:
+        return ARROW_NO_MEMORY
+    for r in range(s.n_rows):
+        if _scan_row(s, &row, r) < 0:
+            return -1
+        if r == 0:
+            # A projection's first row says which keys every row carries.
+            if _columns_start(c, s, wanted & s.present) < 0:
+                return ARROW_NO_MEMORY
+            for k in range(s.table.n_keys):
+                if (wanted & s.present) >> k & 1:
+                    copied[n_copied] = k
+                    data[n_copied] = c.data[k]
+                    offsets[n_copied] = c.offsets[k]
+                    end[n_copied] = 0
+                    room[n_copied] = c.capacity[k] - COPY_BLOCK
+                    n_copied += 1
+        for i in range(n_copied):
+            k = copied[i]
+            at = end[i]
+            n = row.length[k]
+            start = row.start[k]
+            if at + n > room[i]:
+                if _grow_column(c, k, at + n + COPY_BLOCK) < 0:
+                    return ARROW_NO_MEMORY
+                data[i] = c.data[k]
+                room[i] = c.capacity[k] - COPY_BLOCK
+            if start + n <= readable:
+                ff_copy_blocks(data[i] + at, s.data + start, n)
+            else:
+                memcpy(data[i] + at, s.data + start, n)
+            end[i] = at + n
+            # A body is at most 2**31 - 1 bytes: every offset fits an int32.
+            offsets[i][r + 1] = <int32_t>(at + n)
+    if _scan_end(s) < 0:
+        return -1
+    # Give back what the first guesses left unused: the batch may live long.
+    for i in range(n_copied):
+        _shrink_column(c, copied[i], end[i])
+    return 0
+
+
+cdef tuple _arrow_column_names(tuple keys, list requested):
+    """The columns to export: the batch's keys, or those requested, checked as
+    ``decode_columns`` checks them (and each at most once)."""
+    if requested is None:
+        return keys
+    names = []
+    for name in requested:
+        if name not in keys:
+            raise ValueError(f"column {name!r} is not in the batch; it has {list(keys)}")
+        if name in names:
+            raise ValueError(f"duplicate column {name!r}")
+        names.append(name)
+    return tuple(names)
+
+
+cdef void _release_child_schema(ArrowSchema* schema) noexcept nogil:
+    PyMem_RawFree(schema.private_data)      # the name
+    schema.release = NULL
+
+
+cdef void _release_struct_schema(ArrowSchema* schema) noexcept nogil:
+    cdef SchemaExport* export = <SchemaExport*>schema.private_data
+    cdef int64_t i
+    for i in range(schema.n_children):
+        # A consumer may have moved a child out, leaving it released here.
+        if export.children[i].release != NULL:
+            export.children[i].release(&export.children[i])
+    PyMem_RawFree(export)
+    schema.release = NULL
+
+
+cdef void _release_child_array(ArrowArray* array) noexcept nogil:
+    cdef ChildExport* export = <ChildExport*>array.private_data
+    _columns_release(export.columns)
+    PyMem_RawFree(export)
+    array.release = NULL
+
+
+cdef void _release_struct_array(ArrowArray* array) noexcept nogil:
+    cdef StructExport* export = <StructExport*>array.private_data
+    cdef int64_t i
+    for i in range(array.n_children):
+        if export.children[i].release != NULL:
+            export.children[i].release(&export.children[i])
+    PyMem_RawFree(export)
+    array.release = NULL
+
+
+cdef void _free_schema_capsule(object capsule) noexcept:
+    cdef ArrowSchema* schema = <ArrowSchema*>PyCapsule_GetPointer(capsule, b"arrow_schema")
+    # Still set when no consumer took the schema over.
+    if schema.release != NULL:
+        schema.release(schema)
+    PyMem_RawFree(schema)
+
+
+cdef void _free_array_capsule(object capsule) noexcept:
+    cdef ArrowArray* array = <ArrowArray*>PyCapsule_GetPointer(capsule, b"arrow_array")
+    if array.release != NULL:
+        array.release(array)
+    PyMem_RawFree(array)
+
+
+cdef class ArrowBatch:
+    """A decoded table batch as Arrow utf8 columns: what ``decode_arrow`` returns.
+
+    Implements the Arrow PyCapsule interface (a struct array, one non-nullable
+    utf8 child per column), so ``pyarrow.record_batch(batch)``,
+    ``polars.DataFrame(batch)`` and DuckDB read it without copying the values.
+    """
+    cdef StringColumns* _columns
+    cdef int _keys[MAX_KEYS]        # each exported column's key index
+    cdef readonly tuple column_names
+    cdef readonly Py_ssize_t num_rows
+
+    def __cinit__(self):
+        self._columns = <StringColumns*>PyMem_RawCalloc(1, sizeof(StringColumns))
+        if self._columns == NULL:
+            raise MemoryError()
+        self._columns.refs = 1
+
+    def __init__(self):
+        raise TypeError("ArrowBatch is made by decode_arrow")
+
+    def __dealloc__(self):
+        if self._columns != NULL:
+            _columns_release(self._columns)
+
+    def __len__(self):
+        return self.num_rows
+
+    def __repr__(self):
+        return f"<ArrowBatch of {self.num_rows} rows: {', '.join(self.column_names)}>"
+
+    def __arrow_c_schema__(self):
+        """A capsule named "arrow_schema" holding the batch's ArrowSchema."""
+        cdef ArrowSchema* schema = <ArrowSchema*>PyMem_RawCalloc(1, sizeof(ArrowSchema))
+        if schema == NULL:
+            raise MemoryError()
+        try:
+            self._export_schema(schema)
+        except BaseException:
+            PyMem_RawFree(schema)
+            raise
+        return PyCapsule_New(schema, b"arrow_schema", _free_schema_capsule)
+
+    cdef int _export_schema(self, ArrowSchema* schema) except -1:
+        cdef Py_ssize_t i, n = len(self.column_names)
+        cdef SchemaExport* export = <SchemaExport*>PyMem_RawCalloc(1, sizeof(SchemaExport))
+        cdef ArrowSchema* child
+        cdef char* name
+        if export == NULL:
+            raise MemoryError()
+        schema.format = ff_arrow_struct_format
+        schema.name = b""
+        schema.n_children = n
+        schema.children = export.child_pointers
+        schema.private_data = export
+        schema.release = _release_struct_schema
+        for i in range(n):
+            raw = PyUnicode_AsUTF8String(self.column_names[i])
+            name = <char*>PyMem_RawMalloc(len(raw) + 1)
+            if name == NULL:
+                _release_struct_schema(schema)
+                raise MemoryError()
+            memcpy(name, PyBytes_AS_STRING(raw), len(raw) + 1)
+            child = &export.children[i]
+            child.format = ff_arrow_utf8_format
+            child.name = name
+            child.private_data = name
+            child.release = _release_child_schema
+            export.child_pointers[i] = child
+        return 0
+
+    def __arrow_c_array__(self, requested_schema=None):
+        """``(schema capsule, array capsule)``: the struct array of the columns.
+
+        ``requested_schema`` is a request the interface lets a producer decline:
+        the batch always gives its own schema, which consumers check.
+        """
+        schema = self.__arrow_c_schema__()
+        cdef ArrowArray* array = <ArrowArray*>PyMem_RawCalloc(1, sizeof(ArrowArray))
+        if array == NULL:
+            raise MemoryError()
+        capsule = PyCapsule_New(array, b"arrow_array", _free_array_capsule)
+        self._export_array(array)
+        return schema, capsule
+
+    cdef int _export_array(self, ArrowArray* array) except -1:
+        cdef Py_ssize_t i, n = len(self.column_names)
+        cdef StructExport* export = <StructExport*>PyMem_RawCalloc(1, sizeof(StructExport))
+        cdef ChildExport* owner
+        cdef ArrowArray* child
+        cdef int k
+        if export == NULL:
+            raise MemoryError()
+        array.length = self.num_rows
+        array.n_buffers = 1             # the validity bitmap: none, there are no nulls
+        array.buffers = export.buffers
+        array.n_children = n
+        array.children = export.child_pointers
+        array.private_data = export
+        array.release = _release_struct_array
+        for i in range(n):
+            owner = <ChildExport*>PyMem_RawCalloc(1, sizeof(ChildExport))
+            if owner == NULL:
+                array.n_children = i
+                _release_struct_array(array)
+                raise MemoryError()
+            k = self._keys[i]
+            owner.columns = self._columns
+            ff_refs_inc(&self._columns.refs)
+            owner.buffers[1] = self._columns.offsets[k]
+            owner.buffers[2] = self._columns.data[k]
+            child = &export.children[i]
+            child.length = self.num_rows
+            child.n_buffers = 3
+            child.buffers = owner.buffers
+            child.private_data = owner
+            child.release = _release_child_array
+            export.child_pointers[i] = child
+        return 0
+
+    def to_pyarrow(self):
+        """The batch as a ``pyarrow.RecordBatch`` (sharing its memory); needs pyarrow."""
+        import pyarrow
+
+        return pyarrow.record_batch(self)
+
+
+def decode_arrow(frame, columns=None):
+    """Decode a table frame, or a DataBatch frame embedding one, into Arrow utf8 columns."""
+    requested = None if columns is None else list(columns)
+    opcode, body, projected = _table_batch(frame, "decode_arrow")
+    spec = _table_spec(opcode)
+    cdef tuple keys = spec.required_keys
+    cdef unsigned int wanted = 0
+    cdef Py_buffer data
+    cdef Scan s
+    cdef int rc, i
+    cdef ArrowBatch batch = ArrowBatch.__new__(ArrowBatch)
+    index = _KEY_INDEX[opcode]
+    if requested is None:
+        wanted = (1u << len(keys)) - 1
+    else:
+        for name in requested:
+            found = index.get(name) if isinstance(name, str) else None
+            if found is not None:
+                wanted |= 1u << <int>found
+    _get_bytes(body, &data)
+    try:
+        rc = _scan_start(&s, &_tables[<int>opcode], <const char*>data.buf, data.len, projected)
+        if rc == 0:
+            with nogil:
+                rc = _scan_to_columns(&s, batch._columns, wanted)
+        if rc == ARROW_NO_MEMORY:
+            raise MemoryError()
+        if rc < 0:
+            _raise_scan_error(&s, opcode, keys)
+    finally:
+        PyBuffer_Release(&data)
+    if not projected:
+        present = keys
+    elif s.expected < 0:
+        present = ()
+    else:
+        present = tuple([keys[s.present_order[i]] for i in range(s.n_present)])
+    batch.column_names = _arrow_column_names(present, requested)
+    for i, name in enumerate(batch.column_names):
+        batch._keys[i] = index[name]
+    batch.num_rows = s.n_rows
+    return batch
