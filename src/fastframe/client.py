@@ -316,15 +316,20 @@ class Client:
             self._connect()
             try:
                 for batch in self._in_flight:
-                    self._sock.sendall(batch.frame)
+                    self._open_socket().sendall(batch.frame)
                 return
             except OSError as exc:  # the new connection broke too: open another
                 cause = exc
 
+    def _open_socket(self) -> socket.socket:
+        """The connection ``_connect`` opened; every send and receive follows one."""
+        assert self._sock is not None, "used before _connect"
+        return self._sock
+
     def _send_frame(self, frame: bytes) -> None:
         while True:
             try:
-                self._sock.sendall(frame)
+                self._open_socket().sendall(frame)
                 return
             except OSError as exc:
                 self._reconnect(exc)
@@ -336,7 +341,7 @@ class Client:
     def _recv_ack(self) -> int:
         header = bytearray()
         while len(header) < FRAME_HEADER_SIZE:
-            chunk = self._sock.recv(FRAME_HEADER_SIZE - len(header))
+            chunk = self._open_socket().recv(FRAME_HEADER_SIZE - len(header))
             if not chunk:
                 raise EOFError("orchestrator closed the connection")
             header += chunk
@@ -433,6 +438,7 @@ class Client:
     def _cancel(self, batcher: _Batcher) -> None:
         """Send the rows in progress (maybe none) as a CANCEL batch; raise ``Cancelled``."""
         signum = self._cancel_signal
+        assert signum is not None, "called once a signal was recorded"
         self._submit(batcher.cancel_batch())
         try:
             self._drain()
@@ -489,8 +495,7 @@ class Client:
 
         A clean close with no answer is SUCCESS when ``finished_ack`` is off.
         """
-        sock = self._sock
-        assert sock is not None, "FINISHED was just sent on it"
+        sock = self._open_socket()
         try:
             sock.shutdown(socket.SHUT_WR)  # nothing more from us
             return self._recv_ack(), ""
