@@ -11,7 +11,9 @@ import pika.exceptions
 import pytest
 
 from fastframe.sinks import SinkError, open_sink
-from fastframe.sinks.rabbitmq import QUERY_IDS, RabbitMQSink, queue_name, read_queue, routing_key
+from fastframe.sinks.rabbitmq import (
+    QUERY_IDS, RabbitMQSink, Topology, queue_name, read_queue, routing_key,
+)
 from rabbitmq_broker import (  # noqa: F401, F811 (fixtures)
     amqp_exchange,
     broker_crash_restart,
@@ -82,10 +84,12 @@ def test_messages_are_persistent_and_exchange_and_queues_durable(sink, rabbitmq_
         assert body == frame
         assert method.routing_key == routing_key(3) == "query.3"
         assert properties.delivery_mode == 2
+        assert properties.message_id
         # Declaring with the same arguments is a no-op; with durable=False the
         # broker refuses (406 PRECONDITION_FAILED), which proves they are durable.
         channel.exchange_declare(amqp_exchange, exchange_type="direct", durable=True)
-        channel.queue_declare(queue_name(3, amqp_exchange), durable=True)
+        channel.queue_declare(queue_name(3, amqp_exchange), durable=True,
+                              arguments=Topology(amqp_exchange).queue_arguments())
         with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="durable"):
             channel.queue_declare(queue_name(3, amqp_exchange), durable=False)
         channel = connection.channel()
@@ -114,10 +118,10 @@ def test_a_returned_frame_fails_the_write_and_the_next_write_restores_the_bindin
     connection.channel().queue_unbind(queue_name(2, amqp_exchange), amqp_exchange, routing_key(2))
     connection.close()
 
-    with pytest.raises(SinkError, match="returned"):
-        sink.write(frame, [2])
-    with pytest.raises(SinkError):
+    sink.write(frame, [2])
+    with pytest.raises(SinkError, match="returned") as failure:
         sink.flush()
+    assert failure.value.failed == {0}
     sink.write(frame, [2])
     sink.flush()
     assert read_queue(rabbitmq_url, 2, exchange=amqp_exchange) == [frame]
@@ -132,10 +136,11 @@ def test_a_nacked_frame_fails_the_write(sink, rabbitmq_url, amqp_exchange, frame
     )
     try:
         sink.write(frame, [1])
-        with pytest.raises(SinkError, match="nacked"):
-            sink.write(frame, [1])
-        with pytest.raises(SinkError):
+        sink.flush()
+        sink.write(frame, [1])
+        with pytest.raises(SinkError, match="nacked") as failure:
             sink.flush()
+        assert failure.value.failed == {0}
     finally:
         rabbitmqctl("clear_policy", policy)
     assert read_queue(rabbitmq_url, 1, exchange=amqp_exchange) == [frame]
@@ -158,11 +163,11 @@ def test_broker_restart_fails_writes_while_down_keeps_confirmed_frames_and_the_s
     broker_stop()
     try:
         started = time.monotonic()
-        with pytest.raises(SinkError, match="unavailable"):
-            sink.write(during, [1, 3])
-        assert time.monotonic() - started < 5, "a down broker must fail the write quickly"
-        with pytest.raises(SinkError):
+        sink.write(during, [1, 3])
+        with pytest.raises(SinkError, match="unavailable") as failure:
             sink.flush()
+        assert failure.value.failed == {0}
+        assert time.monotonic() - started < 5, "a down broker must fail the flush quickly"
     finally:
         broker_start()
 
