@@ -628,6 +628,67 @@ def end_to_end(wl: workload.Workload, codecs: Dict[str, Any], frames: int, repea
     return results
 
 
+# -- sinks: file vs RabbitMQ ------------------------------------------------------
+
+def sink_comparison(wl: workload.Workload, repeats: int) -> Optional[List[Result]]:
+    """The same ``Client.send_folder`` into an in-process orchestrator whose sink is a
+    ``FileSink`` (fsync always, ``serve``'s default) or a ``RabbitMQSink`` on the broker
+    at ``FASTFRAME_AMQP_URL``, runs alternating; ``None`` without a broker.
+
+    Each RabbitMQ run publishes to an exchange and queues of its own, deleted after it.
+    """
+    url = os.environ.get("FASTFRAME_AMQP_URL")
+    if not url:
+        return None
+    import uuid
+
+    import pika
+
+    from fastframe.sinks.rabbitmq import RabbitMQSink, Topology
+
+    def delete_topology(topology: Topology) -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            channel = connection.channel()
+            for queue, _arguments in topology.queues():
+                channel.queue_delete(queue)
+            for exchange, _kind in topology.exchanges():
+                channel.exchange_delete(exchange)
+        finally:
+            connection.close()
+
+    samples: Dict[str, List[int]] = {"file": [], "rabbitmq": []}
+    cpu: Dict[str, List[int]] = {"file": [], "rabbitmq": []}
+    sent = 0
+    with tempfile.TemporaryDirectory(prefix="fastframe-bench-") as tmp:
+        for _ in range(repeats):
+            for kind in samples:
+                gc.collect()
+                topology = Topology(f"fastframe-bench-{uuid.uuid4().hex[:8]}")
+                sink = (FileSink(Path(tmp) / "sink.bin", fsync="always") if kind == "file"
+                        else RabbitMQSink(url, exchange=topology.exchange))
+                server = Orchestrator(sink, "127.0.0.1", 0)
+                thread = threading.Thread(target=server.serve_forever, name="bench-sink")
+                thread.start()
+                try:
+                    began, cpu_start = time.perf_counter_ns(), time.process_time_ns()
+                    summary = Client(server.address, agency_id=1).send_folder(wl.folder)
+                    samples[kind].append(time.perf_counter_ns() - began)
+                    cpu[kind].append(time.process_time_ns() - cpu_start)
+                finally:
+                    server.shutdown()
+                    thread.join()
+                    (Path(tmp) / "sink.bin").unlink(missing_ok=True)
+                    if kind == "rabbitmq":
+                        delete_topology(topology)
+                sent = summary.bytes_sent
+    return [Result("sinks: file vs RabbitMQ", f"{sent / MB:.1f} MB of client frames",
+                   f"fastframe -> {kind}", samples[kind], cpu[kind], sent, wl.csv_rows, sent,
+                   "Client.send_folder, orchestrator in-process; FileSink fsync=always, "
+                   "RabbitMQSink on the local broker; cpu = this process, not the broker")
+            for kind in samples]
+
+
 # -- memory -----------------------------------------------------------------
 
 def _proc_status(pid: int) -> Dict[str, int]:
@@ -980,6 +1041,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows = [r for r in e2e if r.section == section]
         if rows:
             print_table(f"{section}: {rows[0].table}", rows, None)
+
+    sinks = sink_comparison(wl, e2e_repeats)
+    if sinks is None:
+        print("\n### sinks: file vs RabbitMQ\nnot measured: no broker (set FASTFRAME_AMQP_URL)")
+    else:
+        results += sinks
+        print_table(f"sinks: file vs RabbitMQ: {sinks[0].table}", sinks, None)
+        print(f"RabbitMQ / file throughput: {sinks[0].median / sinks[1].median:.2f}x "
+              f"(target >= 0.7x)")
 
     print("\n### memory")
     rss = []

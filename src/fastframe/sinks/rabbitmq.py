@@ -5,28 +5,34 @@ sink and by the consumer alike::
 
     exchange  "fastframe"          direct, durable
     queues    "fastframe.query.N"  durable, of the chosen type (classic or quorum),
-                                   bound with routing key "query.N" for N = 1..4
-                                   (the query ids of PROTOCOL.md §8), dead-lettering
-                                   to "fastframe.dlx"
+                                   for N = 1..4 (the query ids of PROTOCOL.md §8),
+                                   dead-lettering to "fastframe.dlx"; bound with the
+                                   routing key of every set of queries containing N:
+                                   "query.N", "query.1.N", …, "query.1.2.3.4"
     exchange  "fastframe.dlx"      fanout, durable
     queue     "fastframe.dead"     durable, same type: what consumers rejected
 
 Names start with the exchange name, so a sink made with ``exchange="x"`` has
 the queues ``x.query.1`` … ``x.query.4`` and ``x.dead`` of its own. A queue
 that already exists with other arguments (another type, or declared by
-fastframe 0.1 without dead-lettering) is a configuration error: ``SinkError``
-naming the queue, never retried.
+fastframe 0.1 without dead-lettering) is a configuration error: a
+``TopologyError`` naming the queue, never retried.
 
-Publishing is pipelined. ``write(frame, query_ids)`` publishes the frame once
-per query id, persistent (delivery_mode 2) and mandatory, on a channel in
-publisher-confirm mode, and returns without waiting; ``flush()`` waits until
-the broker has confirmed every copy of every write of the round. The confirms
+Publishing is pipelined. ``write(frame, query_ids)`` publishes the frame
+*once*, persistent (delivery_mode 2) and mandatory, with the routing key of
+its set of queries (``query.1.3.4`` for a transactions batch), so the
+exchange puts it in each of those queues and a classic queue's message
+store keeps its body once; it returns without waiting. ``flush()`` waits
+until the broker has confirmed every write of the round; the broker confirms
+a message once every queue it was routed to has it. The confirms
 (``Basic.Ack``/``Basic.Nack``, ``multiple`` included) are matched to the
-writes by delivery tag, returns by the ``message_id`` each copy carries
-(``<connection id>.<delivery tag>``: it names the publish, it is not a key to
-deduplicate on), so a nacked or returned copy fails exactly its own write:
-``flush()`` raises ``SinkError`` whose ``failed`` holds the round indices of
-those writes, and the others may be ACKed.
+writes by delivery tag, returns by the ``message_id`` each message carries
+(``<connection id>.<delivery tag>``: it names the publish, it is not a key
+to deduplicate on), so a nacked or returned message fails exactly its own
+write: ``flush()`` raises ``SinkError`` whose ``failed`` holds the round
+indices of those writes, and the others may be ACKed. A message is returned
+only when it reaches no queue at all: a binding removed by hand from one of
+several queues goes unnoticed until the next connection declares it again.
 
 The connection is pika's ``SelectConnection`` (callbacks), and its I/O loop
 is run by the sink's own calls, on the caller's thread: ``write`` sends what
@@ -50,12 +56,13 @@ string too, as ``URLParameters`` reads them.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika  # type: ignore[import-untyped]
@@ -66,7 +73,8 @@ from . import SinkError
 
 __all__ = [
     "DEFAULT_EXCHANGE", "QUERY_IDS", "QUEUE_TYPES", "RabbitMQSink", "Topology", "TopologyError",
-    "connection_parameters", "queue_name", "read_queue", "routing_key", "split_url",
+    "connection_parameters", "queue_name", "read_queue", "routing_key", "routing_key_for",
+    "split_url",
 ]
 
 QUERY_IDS = (1, 2, 3, 4)
@@ -86,7 +94,23 @@ log = logging.getLogger(__name__)
 
 
 def routing_key(query_id: int) -> str:
+    """The routing key of a frame for query ``query_id`` alone."""
     return f"query.{query_id}"
+
+
+def routing_key_for(query_ids: Iterable[int]) -> str:
+    """The routing key of a frame for several queries: ``query.1.3.4``.
+
+    Each query's queue is bound with the key of every set of queries that
+    contains it, so the exchange routes one publish to all of them.
+    """
+    return "query." + ".".join(str(q) for q in sorted(set(query_ids)))
+
+
+def _query_sets_with(query_id: int) -> List[Tuple[int, ...]]:
+    others = [q for q in QUERY_IDS if q != query_id]
+    return [tuple(sorted((query_id,) + extra))
+            for n in range(len(others) + 1) for extra in itertools.combinations(others, n)]
 
 
 def queue_name(query_id: int, exchange: str = DEFAULT_EXCHANGE) -> str:
@@ -141,7 +165,8 @@ class Topology:
 
     def bindings(self) -> List[Tuple[str, str, str]]:
         """``(queue, exchange, routing key)`` of each binding."""
-        return [(self.queue(q), self.exchange, routing_key(q)) for q in QUERY_IDS] + [
+        return [(self.queue(q), self.exchange, routing_key_for(ids))
+                for q in QUERY_IDS for ids in _query_sets_with(q)] + [
             (self.dead_letter_queue, self.dead_letter_exchange, "")]
 
     def declare(self, channel: Any) -> None:
@@ -370,9 +395,9 @@ class RabbitMQSink:
         # The round: each write's frame and query ids (kept to publish again after a
         # lost connection), the copies not yet confirmed (delivery tag -> write index,
         # query id), and why each failed write failed.
-        self._writes: List[Tuple[bytes, Sequence[int]]] = []
-        self._unconfirmed: Dict[int, Tuple[int, int]] = {}
-        self._unsent: List[Tuple[int, int]] = []
+        self._writes: List[Tuple[bytes, str]] = []
+        self._unconfirmed: Dict[int, int] = {}
+        self._unsent: List[int] = []
         self._failed: Dict[int, str] = {}
         self._refused_write = False
         self._lost_in_round = False
@@ -398,8 +423,8 @@ class RabbitMQSink:
             self._refused_write = True
             raise
         index = len(self._writes)
-        self._writes.append((frame, queries))
-        self._unsent.extend((index, q) for q in queries)
+        self._writes.append((frame, routing_key_for(queries)))
+        self._unsent.append(index)
         if self._link is not None:
             self._publish_unsent()
             link = self._link
@@ -467,10 +492,9 @@ class RabbitMQSink:
         exchange = self.topology.exchange
         try:
             while self._unsent:
-                index, query_id = self._unsent[0]
-                if index not in self._failed:
-                    tag = link.publish(exchange, routing_key(query_id), self._writes[index][0])
-                    self._unconfirmed[tag] = (index, query_id)
+                index = self._unsent[0]
+                frame, key = self._writes[index]
+                self._unconfirmed[link.publish(exchange, key, frame)] = index
                 self._unsent.pop(0)
         except (pika.exceptions.AMQPError, OSError) as exc:
             link.lost = link.lost or repr(exc)
@@ -482,18 +506,17 @@ class RabbitMQSink:
         else:
             tags = [tag] if tag in self._unconfirmed else []
         for t in tags:
-            index, query_id = self._unconfirmed.pop(t)
+            index = self._unconfirmed.pop(t)
             if not ok:
-                self._failed.setdefault(index, f"{self._where} refused (nacked) the frame for "
-                                               f"query {query_id}")
+                self._failed.setdefault(index, f"{self._where} refused (nacked) a frame with "
+                                               f"routing key {self._writes[index][1]!r}")
 
     def _returned(self, tag: int, reply: str) -> None:
-        entry = self._unconfirmed.get(tag)
-        if entry is not None:
-            index, query_id = entry
+        index = self._unconfirmed.get(tag)
+        if index is not None:
             self._failed.setdefault(
-                index, f"{self._where} returned the frame for query {query_id} ({reply}): no queue "
-                       f"bound to {routing_key(query_id)!r} on exchange {self.exchange!r}")
+                index, f"{self._where} returned a frame ({reply}): no queue bound to "
+                       f"{self._writes[index][1]!r} on exchange {self.exchange!r}")
             # A binding is missing: the next round's connection declares it again.
             self._redeclare = True
 
@@ -509,7 +532,7 @@ class RabbitMQSink:
         self._drop_link()
 
     def _fail_outstanding(self, reason: str) -> None:
-        for index, _query in list(self._unconfirmed.values()) + self._unsent:
+        for index in list(self._unconfirmed.values()) + self._unsent:
             self._failed.setdefault(index, reason)
         self._unconfirmed.clear()
         self._unsent.clear()
