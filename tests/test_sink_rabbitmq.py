@@ -12,7 +12,7 @@ import pytest
 
 from fastframe.sinks import SinkError, open_sink
 from fastframe.sinks.rabbitmq import (
-    QUERY_IDS, RabbitMQSink, Topology, queue_name, read_queue, routing_key,
+    QUERY_IDS, RabbitMQSink, Topology, TopologyError, queue_name, read_queue, routing_key,
 )
 from rabbitmq_broker import (  # noqa: F401, F811 (fixtures)
     amqp_exchange,
@@ -221,3 +221,56 @@ def test_an_unreachable_broker_fails_the_constructor_after_bounded_attempts():
     with pytest.raises(SinkError, match="after 3 attempts"):
         RabbitMQSink(url, connect_attempts=3, retry_delay=0.05)
     assert time.monotonic() - started < 5
+
+
+# -- queue types -------------------------------------------------------------------------
+
+def _declare_error(url, queue, arguments) -> str:
+    """The broker's reply to declaring ``queue`` with ``arguments`` ("" if it accepts)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_declare(queue, durable=True, arguments=arguments)
+        return ""
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return f"{exc.reply_code} {exc.reply_text}"
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("how", ["keyword", "url"])
+def test_quorum_queues_are_declared_quorum_and_take_frames(rabbitmq_url, amqp_exchange, frame, how):
+    if how == "keyword":
+        sink = RabbitMQSink(rabbitmq_url, exchange=amqp_exchange, queue_type="quorum")
+    else:
+        sink = RabbitMQSink(f"{rabbitmq_url}?queue_type=quorum&exchange={amqp_exchange}")
+    try:
+        assert sink.exchange == amqp_exchange
+        sink.write(frame, [1, 3, 4])
+        sink.flush()
+    finally:
+        sink.close()
+    topology = Topology(amqp_exchange, "quorum")
+    for queue, arguments in topology.queues():
+        assert _declare_error(rabbitmq_url, queue, arguments) == "", "same arguments: accepted"
+        refused = _declare_error(rabbitmq_url, queue, dict(arguments, **{"x-queue-type": "classic"}))
+        assert "PRECONDITION_FAILED" in refused and "x-queue-type" in refused
+    assert read_all(rabbitmq_url, amqp_exchange) == {1: [frame], 2: [], 3: [frame], 4: [frame]}
+
+
+def test_a_queue_declared_with_other_arguments_is_a_one_line_error_naming_it(
+    rabbitmq_url, amqp_exchange
+):
+    # What fastframe 0.1 declared: a classic queue without dead-lettering.
+    assert _declare_error(rabbitmq_url, queue_name(2, amqp_exchange), None) == ""
+    started = time.monotonic()
+    with pytest.raises(TopologyError) as refused:
+        RabbitMQSink(rabbitmq_url, exchange=amqp_exchange, retry_delay=0.05)
+    message = str(refused.value)
+    assert queue_name(2, amqp_exchange) in message and "PRECONDITION_FAILED" in message
+    assert "\n" not in message
+    assert time.monotonic() - started < 5, "a refused topology is not retried"
+
+
+def test_an_unknown_queue_type_is_refused_before_connecting(rabbitmq_url):
+    with pytest.raises(ValueError, match="queue_type"):
+        RabbitMQSink(rabbitmq_url, queue_type="stream")

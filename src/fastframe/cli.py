@@ -1,4 +1,4 @@
-"""``fastframe`` command line: gen, serve, send, demo, inspect."""
+"""``fastframe`` command line: gen, serve, send, demo, consume, inspect."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,7 @@ from .errors import ProtocolError
 from .messages import DataBatch, EOFMessage, Finished, TableMessage, decode_frame
 from .orchestrator import Orchestrator
 from .schema import DEFAULT_MAX_FRAME, MAX_BATCH_FRAME, TABLES, BatchStatus, Opcodes
-from .sinks import open_sink
+from .sinks import Sink, SinkError, open_sink
 from .sinks.file import FSYNC_POLICIES, FileSink, read_frames
 
 MB = 1_000_000
@@ -95,10 +95,33 @@ def cmd_gen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_pika() -> None:
+    """pika logs each failed connection attempt at ERROR with a traceback; the sink and
+    the consumer report those failures in one line of their own."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+def _open_serve_sink(args: argparse.Namespace) -> Sink:
+    """The sink ``--sink`` names, with the options that apply to its kind."""
+    if args.sink.startswith("file:"):
+        return open_sink(args.sink, fsync=args.fsync)
+    if args.sink.startswith(("amqp://", "amqps://")):
+        _quiet_pika()
+        return open_sink(args.sink, queue_type=args.queue_type)
+    return open_sink(args.sink)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
-    options = {"fsync": args.fsync} if args.sink.startswith("file:") else {}
-    sink = open_sink(args.sink, **options)
+    try:
+        sink = _open_serve_sink(args)
+    except ValueError as exc:   # a --sink value that names no sink
+        print(f"fastframe serve: {exc}", file=sys.stderr)
+        return 2
+    except SinkError as exc:
+        print(f"fastframe serve: {exc}", file=sys.stderr)
+        return 1
     server = Orchestrator(sink, args.host, args.port, max_frame=args.max_frame,
                           compat=args.compat, idle_timeout=args.idle_timeout)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -201,6 +224,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_consume(args: argparse.Namespace) -> int:
+    from .consumer import Consumer, ConsumerError
+
+    _setup_logging(args.log_level)
+    _quiet_pika()
+    if not args.out.startswith("file:"):
+        print(f"fastframe consume: --out must be file:PATH, not {args.out!r}", file=sys.stderr)
+        return 2
+    try:
+        out = FileSink(args.out[len("file:"):], fsync=args.fsync)
+    except (SinkError, OSError) as exc:
+        print(f"fastframe consume: {exc}", file=sys.stderr)
+        return 1
+    consumed = 0
+    try:
+        with Consumer(args.url, args.query, prefetch=args.prefetch,
+                      queue_type=args.queue_type) as consumer:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: consumer.stop())
+            for message in consumer.messages(until_idle=args.until_idle):
+                # Acked only once its frame is flushed: a crash in between
+                # leaves it in the queue, to be stored again (at-least-once).
+                out.write(message.frame, message.batch.query_ids)
+                out.flush()
+                message.ack()
+                consumed += 1
+            rejected = consumer.rejected
+    except ValueError as exc:
+        print(f"fastframe consume: {exc}", file=sys.stderr)
+        return 2
+    except (ConsumerError, SinkError) as exc:
+        print(f"fastframe consume: {exc} ({consumed} messages stored)", file=sys.stderr)
+        return 1
+    finally:
+        out.close()
+    print(f"consumed {consumed} messages from query {args.query} into {out.path}"
+          f" ({rejected} malformed, dead-lettered)")
+    return 0
+
+
 def _describe(index: int, offset: int, msg) -> dict:
     item = {"index": index, "offset": offset, "type": type(msg).__name__,
             "opcode": int(msg.opcode)}
@@ -269,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file:PATH or amqp://USER:PASS@HOST:PORT/VHOST")
     p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
                    help="file sink: fsync before every ACK (always) or leave it to the OS")
+    p.add_argument("--queue-type", choices=("classic", "quorum"), default=None,
+                   help="amqp sink: the type of the query queues it declares (default: "
+                        "the URL's queue_type, else classic)")
     p.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME)
     p.add_argument("--idle-timeout", type=float, default=60.0)
     p.add_argument("--compat", action="store_true",
@@ -292,6 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always")
     p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("consume", help="drain a query's RabbitMQ queue into a sink file")
+    p.add_argument("url", help="amqp://USER:PASS@HOST:PORT/VHOST (options as for serve --sink)")
+    p.add_argument("--query", type=int, required=True, choices=(1, 2, 3, 4))
+    p.add_argument("--out", required=True, help="file:PATH, a sink file (fastframe inspect)")
+    p.add_argument("--until-idle", type=float, default=None, metavar="SECONDS",
+                   help="stop once the queue gave nothing for this long (default: run "
+                        "until SIGTERM)")
+    p.add_argument("--prefetch", type=int, default=8, help="messages delivered ahead")
+    p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
+                   help="fsync before every ack (always) or leave it to the OS")
+    p.add_argument("--queue-type", choices=("classic", "quorum"), default=None,
+                   help="the queue type, if the consumer declares the queues first")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(run=cmd_consume)
 
     p = sub.add_parser("inspect", help="print the frames of a sink file or a capture")
     p.add_argument("file")
