@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import csv
 import signal
 import subprocess
+import sys
 import time
-from typing import Dict, List
+from pathlib import Path
+from typing import Dict, List, Tuple
 
 import pika
 import pytest
@@ -16,11 +19,12 @@ from fastframe import codec
 from fastframe.client import Client
 from fastframe.consumer import AsyncConsumer, Consumer, ConsumerError
 from fastframe.datagen import generate
-from fastframe.messages import DataBatch, Finished, decode_frame
+from fastframe.messages import DataBatch, Finished
+from fastframe.orchestrator import Orchestrator
 from fastframe.schema import TABLES
 from fastframe.sinks.file import read_frames
 from fastframe.sinks.rabbitmq import QUERY_IDS, RabbitMQSink, Topology, queue_name, read_queue
-from helpers_system import free_port
+from helpers_system import free_port, running
 from rabbitmq_broker import amqp_exchange, rabbitmq_url  # noqa: F401, F811 (fixtures)
 from test_cli import fastframe_command, subprocess_env
 from test_orchestrator import MENU, as_multisets, decode, expected_rows, numbered_batch, stored_rows
@@ -260,3 +264,44 @@ def test_two_orchestrators_on_one_broker_queue_every_row_of_two_agencies(
     for q in QUERY_IDS:
         finished = [db.batch_msg for db in queues[q] if isinstance(db.batch_msg, Finished)]
         assert sorted(f.agency_id for f in finished) == sorted(agencies)
+
+
+# -- the example worker ---------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def query1_by_csv(folder: Path) -> List[Tuple[str, str, str]]:
+    """Query 1 over the CSV files with the csv module: (transaction_id, final_amount with
+    two decimals, created_at) of 2024 and 2025, 06:00:00..23:00:00, final_amount >= 75."""
+    out = []
+    for path in sorted((folder / "transactions").glob("*.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                created = row["created_at"]
+                if (created[:4] in ("2024", "2025") and "06:00:00" <= created[11:19] <= "23:00:00"
+                        and float(row["final_amount"]) >= 75):
+                    out.append((row["transaction_id"], f"{float(row['final_amount']):.2f}",
+                                created))
+    return sorted(out, key=lambda r: (r[2], r[0]))
+
+
+def test_example_query1_worker_answers_as_the_csv_files_do(rabbitmq_url, amqp_exchange,
+                                                              tmp_path):
+    folder = tmp_path / "data"
+    generate(folder, transactions=4000, seed=31)
+    expected = query1_by_csv(folder)
+    assert len(expected) > 10, "the data set must exercise the query"
+    server = Orchestrator(RabbitMQSink(rabbitmq_url, exchange=amqp_exchange), "127.0.0.1", 0)
+    with running(server):
+        Client(server.address, 7, batch_rows=500, timeout=TIMEOUT).send_folder(folder)
+
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "query1_worker.py"), url_for(rabbitmq_url, amqp_exchange),
+         "--until-idle", "1", "--rows", "8"],
+        env=subprocess_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"count: {len(expected)}"
+    assert [tuple(line.split("  ")) for line in lines[1:]] == expected[:8]
+    assert read_queue(rabbitmq_url, 1, exchange=amqp_exchange) == [], "every batch acked"
