@@ -274,3 +274,64 @@ def test_a_queue_declared_with_other_arguments_is_a_one_line_error_naming_it(
 def test_an_unknown_queue_type_is_refused_before_connecting(rabbitmq_url):
     with pytest.raises(ValueError, match="queue_type"):
         RabbitMQSink(rabbitmq_url, queue_type="stream")
+
+
+# -- pipelined rounds: a failure is the failed write's only -------------------------------
+
+def test_a_returned_frame_fails_only_its_own_write_of_the_round(
+    sink, rabbitmq_url, amqp_exchange, golden_frames
+):
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    connection.channel().queue_unbind(queue_name(2, amqp_exchange), amqp_exchange, routing_key(2))
+    connection.close()
+    first, lost, last = (data for _, data, _ in golden_frames[:3])
+
+    sink.write(first, [1])
+    sink.write(lost, [2])
+    sink.write(last, [1, 3])
+    with pytest.raises(SinkError, match="returned") as failure:
+        sink.flush()
+    assert failure.value.failed == {1}
+    assert read_queue(rabbitmq_url, 1, exchange=amqp_exchange) == [first, last]
+    assert read_queue(rabbitmq_url, 3, exchange=amqp_exchange) == [last]
+
+
+def test_a_nacked_frame_fails_only_its_own_write_of_the_round(
+    sink, rabbitmq_url, amqp_exchange, golden_frames
+):
+    queue = queue_name(1, amqp_exchange)
+    policy = f"{amqp_exchange}-full"
+    rabbitmqctl(
+        "set_policy", "--apply-to", "queues", policy, f"^{queue}$",
+        '{"max-length": 1, "overflow": "reject-publish"}',
+    )
+    first, refused, other = (data for _, data, _ in golden_frames[:3])
+    try:
+        sink.write(first, [1])
+        sink.write(refused, [1])
+        sink.write(other, [3])
+        with pytest.raises(SinkError, match="nacked") as failure:
+            sink.flush()
+        assert failure.value.failed == {1}
+    finally:
+        rabbitmqctl("clear_policy", policy)
+    assert read_queue(rabbitmq_url, 1, exchange=amqp_exchange) == [first]
+    assert read_queue(rabbitmq_url, 3, exchange=amqp_exchange) == [other]
+
+
+def test_a_connection_dropped_for_missed_heartbeats_while_idle_is_replaced(
+    rabbitmq_url, amqp_exchange, frame, caplog
+):
+    # Nothing runs the sink's connection between rounds, so with a 1 s heartbeat
+    # the broker drops it; the next round must notice, reconnect and publish.
+    sink = RabbitMQSink(f"{rabbitmq_url}?heartbeat=1", exchange=amqp_exchange, retry_delay=0.05)
+    try:
+        sink.write(frame, [2])
+        sink.flush()
+        time.sleep(4)
+        sink.write(frame, [2])
+        sink.flush()
+    finally:
+        sink.close()
+    assert read_queue(rabbitmq_url, 2, exchange=amqp_exchange) == [frame, frame]
+    assert [r for r in caplog.records if "connection to" in r.getMessage() and "lost" in r.getMessage()]
