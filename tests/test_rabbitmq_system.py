@@ -173,11 +173,14 @@ def test_consume_drains_a_queue_into_a_sink_file_until_idle(rabbitmq_url, amqp_e
 
 
 def test_consume_stops_on_sigterm_with_every_message_either_stored_or_queued(
-        rabbitmq_url, amqp_exchange, frames, tmp_path):
+        rabbitmq_url, amqp_exchange, tmp_path):
+    # Enough messages, each fsynced before its ack, that SIGTERM comes mid-stream.
+    frames = [codec.impl.encode_databatch_frame([MENU.opcode], [1], 0, n, {}, 1, 0,
+                                                numbered_batch(n)) for n in range(1, 401)]
     out = tmp_path / "q1.bin"
     proc = subprocess.Popen(
         fastframe_command("consume", url_for(rabbitmq_url, amqp_exchange), "--query", "1",
-                          "--out", f"file:{out}", "--fsync", "never"),
+                          "--out", f"file:{out}", "--prefetch", "4"),
         env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         publish(rabbitmq_url, amqp_exchange, frames)
