@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 from typing import List, Optional, Sequence, Set, Tuple
 
-import pytest
-
 from fastframe.orchestrator import SinkWriter
 from fastframe.sinks import SinkError
 
