@@ -221,6 +221,20 @@ def connection_parameters(url: str) -> Any:
     return parameters
 
 
+def _root_cause(error: BaseException) -> str:
+    """What pika's nested connection errors come down to: ``ConnectionRefusedError(111, …)``."""
+    while True:
+        nested = getattr(error, "exceptions", None) or (getattr(error, "exception", None),)
+        inner = nested[-1]
+        if not isinstance(inner, BaseException):
+            break
+        error = inner
+    if isinstance(error, pika.exceptions.AMQPConnectionError) and error.args and isinstance(
+            error.args[0], BaseException):
+        return _root_cause(error.args[0])
+    return repr(error)
+
+
 def _close_quietly(connection: Any) -> None:
     try:
         if connection.is_open:
@@ -272,7 +286,7 @@ class _Link:
         connection.channel(on_open_callback=self._channel_open)
 
     def _connection_failed(self, _connection: Any, error: BaseException) -> None:
-        self.lost = repr(error)
+        self.lost = _root_cause(error)
 
     def _connection_closed(self, _connection: Any, reason: BaseException) -> None:
         self.lost = self.lost or repr(reason)
