@@ -247,7 +247,7 @@ class _Link:
     """One ``SelectConnection`` with one channel in confirm mode and the topology
     declared, its I/O loop run by ``run()`` on the caller's thread.
 
-    ``on_confirm(tag, multiple, ok)`` and ``on_return(tag)`` report the broker's
+    ``on_confirm(tag, multiple, ok)`` and ``on_return(tag, reply)`` report the broker's
     answers; ``lost`` becomes the reason once the connection or channel is gone.
     """
 
@@ -337,7 +337,7 @@ class _Link:
     # -- use ---------------------------------------------------------------------------
 
     def publish(self, exchange: str, key: str, frame: bytes) -> int:
-        """Publish one persistent, mandatory copy; returns its delivery tag."""
+        """Publish one persistent, mandatory message; returns its delivery tag."""
         tag = self.next_tag
         properties = pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent,
@@ -406,9 +406,9 @@ class RabbitMQSink:
         self._confirm_timeout = confirm_timeout
         self._link: Optional[_Link] = None
         self._closed = False
-        # The round: each write's frame and query ids (kept to publish again after a
-        # lost connection), the copies not yet confirmed (delivery tag -> write index,
-        # query id), and why each failed write failed.
+        # The round: each write's frame and routing key (kept to publish again after
+        # a lost connection), the writes not yet published, those published and not
+        # yet confirmed (delivery tag -> write index), and why each failed write failed.
         self._writes: List[Tuple[bytes, str]] = []
         self._unconfirmed: Dict[int, int] = {}
         self._unsent: List[int] = []
@@ -448,7 +448,7 @@ class RabbitMQSink:
                     self._link_lost(link)
 
     def flush(self) -> None:
-        """Wait until the broker confirmed every copy of the round; see the module doc."""
+        """Wait until the broker confirmed every write of the round; see the module doc."""
         try:
             if self._refused_write:
                 raise SinkError("a write of this round was refused: none of it may be ACKed")
@@ -535,12 +535,13 @@ class RabbitMQSink:
             self._redeclare = True
 
     def _link_lost(self, link: _Link) -> None:
-        """Requeue the copies whose confirms went with the connection."""
+        """Publish again, on the next connection, the writes whose confirms went with
+        this one."""
         if link is not self._link:
             return
         log.warning("RabbitMQ connection to %s lost (%s)", self._where, link.lost)
         self._lost_in_round = True
-        resend = sorted(self._unconfirmed.values())
+        resend = sorted(i for i in self._unconfirmed.values() if i not in self._failed)
         self._unconfirmed.clear()
         self._unsent[:0] = resend
         self._drop_link()
@@ -550,14 +551,6 @@ class RabbitMQSink:
             self._failed.setdefault(index, reason)
         self._unconfirmed.clear()
         self._unsent.clear()
-
-    def _ensure_link_or_fail(self, may_be_stale: bool) -> bool:
-        try:
-            self._ensure_link(free_first_try=may_be_stale)
-        except SinkError as exc:
-            self._fail_outstanding(str(exc))
-            return False
-        return True
 
     def _ensure_link(self, free_first_try: bool = False) -> None:
         """Connect, with ``connect_attempts`` tries (one more when the connection just
