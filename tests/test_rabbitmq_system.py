@@ -6,6 +6,7 @@ import asyncio
 import collections
 import csv
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -227,6 +228,20 @@ def test_serve_with_another_queue_type_than_the_existing_queues_exits_with_one_l
 
 # -- several orchestrators, one broker ---------------------------------------------------------
 
+def wait_listening(server: subprocess.Popen, port: int) -> None:
+    """Return once ``fastframe serve`` accepts connections on ``port``; fail if it exits."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"fastframe serve on port {port} exited: {server.communicate()[1]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"fastframe serve on port {port} never listened")
+
+
 def test_two_orchestrators_on_one_broker_queue_every_row_of_two_agencies(
         rabbitmq_url, amqp_exchange, tmp_path):
     agencies = {21: 5, 22: 6}   # agency id -> data seed
@@ -234,16 +249,20 @@ def test_two_orchestrators_on_one_broker_queue_every_row_of_two_agencies(
     for agency, seed in agencies.items():
         folders[agency] = tmp_path / f"agency{agency}"
         generate(folders[agency], transactions=600, seed=seed)
-    ports = [free_port(), free_port()]
+    ports = [free_port()]
+    while len(ports) < 2:
+        ports += [p for p in [free_port()] if p not in ports]
     servers = [subprocess.Popen(
         fastframe_command("serve", "--port", str(port), "--queue-type", "quorum",
                           "--sink", url_for(rabbitmq_url, amqp_exchange), "--log-level", "warning"),
         env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for port in ports]
     try:
+        for server, port in zip(servers, ports):
+            wait_listening(server, port)
         for (agency, folder), port in zip(folders.items(), ports):
-            Client(("127.0.0.1", port), agency, batch_rows=200, connect_attempts=100,
-                   backoff=0.1, timeout=TIMEOUT).send_folder(folder)
+            Client(("127.0.0.1", port), agency, batch_rows=200,
+                   timeout=TIMEOUT).send_folder(folder)
         for server in servers:
             server.send_signal(signal.SIGTERM)
         for server in servers:

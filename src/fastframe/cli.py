@@ -243,13 +243,16 @@ def cmd_consume(args: argparse.Namespace) -> int:
                       queue_type=args.queue_type) as consumer:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: consumer.stop())
-            for message in consumer.messages(until_idle=args.until_idle):
-                # Acked only once its frame is flushed: a crash in between
-                # leaves it in the queue, to be stored again (at-least-once).
-                out.write(message.frame, message.batch.query_ids)
+            for arrived in consumer.batches(until_idle=args.until_idle):
+                # Acked only once their frames are flushed (one flush for the messages
+                # that arrived together): a crash in between leaves them in the
+                # queue, to be stored again (at-least-once).
+                for message in arrived:
+                    out.write(message.frame, message.batch.query_ids)
                 out.flush()
-                message.ack()
-                consumed += 1
+                for message in arrived:
+                    message.ack()
+                consumed += len(arrived)
             rejected = consumer.rejected
     except ValueError as exc:
         print(f"fastframe consume: {exc}", file=sys.stderr)

@@ -141,20 +141,31 @@ class Consumer:
         Ends once no message came for ``until_idle`` seconds (never, without
         it) or after ``stop()``. Malformed messages are dead-lettered, not yielded.
         """
+        for arrived in self.batches(until_idle):
+            for message in arrived:
+                yield message
+                if self._stopping:
+                    return
+
+    def batches(self, until_idle: Optional[float] = None) -> Iterator[List[Message]]:
+        """Yield the valid messages as they arrive, in lists of those that arrived
+        together (at most ``prefetch``), for a worker that stores a group at once.
+
+        Ends as ``messages()`` does; after ``stop()``, once the list in hand is
+        handled.
+        """
         if self._consumer_tag is None:
             self._consumer_tag = self._channel.basic_consume(self.queue, self._on_message)
         idle_since = time.monotonic()
         try:
             while not self._stopping:
                 self._inbox = []
+                # Returns as soon as deliveries are dispatched, else after _POLL.
                 self._connection.process_data_events(time_limit=_POLL)
                 if self._inbox:
                     idle_since = time.monotonic()
-                for message in self._inbox:
-                    yield message
-                    if self._stopping:
-                        return
-                if until_idle is not None and time.monotonic() - idle_since >= until_idle:
+                    yield self._inbox
+                elif until_idle is not None and time.monotonic() - idle_since >= until_idle:
                     return
         except (pika.exceptions.AMQPError, OSError) as exc:
             raise ConsumerError(f"consuming {self.queue!r}: {exc!r}") from None
@@ -186,7 +197,8 @@ class Consumer:
                                 ) from None
 
     def stop(self) -> None:
-        """Make ``messages()`` end after the message in hand; safe from a signal handler."""
+        """Make ``messages()`` end after the message in hand (``batches()``: the list in
+        hand); safe from a signal handler."""
         self._stopping = True
 
     def close(self) -> None:
