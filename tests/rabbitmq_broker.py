@@ -25,7 +25,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from fastframe.sinks.rabbitmq import QUERY_IDS, queue_name
+from fastframe.sinks.rabbitmq import Topology
 
 NO_BROKER = "no RabbitMQ broker: set FASTFRAME_AMQP_URL or run .ci/run"
 RABBITMQCTL_TIMEOUT = 60
@@ -54,9 +54,11 @@ def amqp_exchange(rabbitmq_url):
         return  # the broker is down; it goes away with its temporary files
     try:
         channel = connection.channel()
-        for query_id in QUERY_IDS:
-            channel.queue_delete(queue_name(query_id, exchange))
-        channel.exchange_delete(exchange)
+        topology = Topology(exchange)
+        for queue, _arguments in topology.queues():
+            channel.queue_delete(queue)
+        for name, _kind in topology.exchanges():
+            channel.exchange_delete(name)
     finally:
         connection.close()
 

@@ -572,7 +572,7 @@ def all_parsers() -> Dict[str, argparse.ArgumentParser]:
 def test_every_option_has_help_with_its_default(monkeypatch):
     monkeypatch.setenv("COLUMNS", "1000")  # no line wrapped inside a default (fastframe-demo)
     parsers = all_parsers()
-    assert sorted(parsers) == ["demo", "fastframe", "gen", "inspect", "send", "serve"]
+    assert sorted(parsers) == ["consume", "demo", "fastframe", "gen", "inspect", "send", "serve"]
     for name, parser in parsers.items():
         text = " ".join(parser.format_help().split())
         for action in parser._actions:

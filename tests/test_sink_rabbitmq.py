@@ -11,7 +11,9 @@ import pika.exceptions
 import pytest
 
 from fastframe.sinks import SinkError, open_sink
-from fastframe.sinks.rabbitmq import QUERY_IDS, RabbitMQSink, queue_name, read_queue, routing_key
+from fastframe.sinks.rabbitmq import (
+    QUERY_IDS, RabbitMQSink, Topology, TopologyError, queue_name, read_queue, routing_key,
+)
 from rabbitmq_broker import (  # noqa: F401, F811 (fixtures)
     amqp_exchange,
     broker_crash_restart,
@@ -82,10 +84,12 @@ def test_messages_are_persistent_and_exchange_and_queues_durable(sink, rabbitmq_
         assert body == frame
         assert method.routing_key == routing_key(3) == "query.3"
         assert properties.delivery_mode == 2
+        assert properties.message_id
         # Declaring with the same arguments is a no-op; with durable=False the
         # broker refuses (406 PRECONDITION_FAILED), which proves they are durable.
         channel.exchange_declare(amqp_exchange, exchange_type="direct", durable=True)
-        channel.queue_declare(queue_name(3, amqp_exchange), durable=True)
+        channel.queue_declare(queue_name(3, amqp_exchange), durable=True,
+                              arguments=Topology(amqp_exchange).queue_arguments())
         with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="durable"):
             channel.queue_declare(queue_name(3, amqp_exchange), durable=False)
         channel = connection.channel()
@@ -114,10 +118,10 @@ def test_a_returned_frame_fails_the_write_and_the_next_write_restores_the_bindin
     connection.channel().queue_unbind(queue_name(2, amqp_exchange), amqp_exchange, routing_key(2))
     connection.close()
 
-    with pytest.raises(SinkError, match="returned"):
-        sink.write(frame, [2])
-    with pytest.raises(SinkError):
+    sink.write(frame, [2])
+    with pytest.raises(SinkError, match="returned") as failure:
         sink.flush()
+    assert failure.value.failed == {0}
     sink.write(frame, [2])
     sink.flush()
     assert read_queue(rabbitmq_url, 2, exchange=amqp_exchange) == [frame]
@@ -132,10 +136,11 @@ def test_a_nacked_frame_fails_the_write(sink, rabbitmq_url, amqp_exchange, frame
     )
     try:
         sink.write(frame, [1])
-        with pytest.raises(SinkError, match="nacked"):
-            sink.write(frame, [1])
-        with pytest.raises(SinkError):
+        sink.flush()
+        sink.write(frame, [1])
+        with pytest.raises(SinkError, match="nacked") as failure:
             sink.flush()
+        assert failure.value.failed == {0}
     finally:
         rabbitmqctl("clear_policy", policy)
     assert read_queue(rabbitmq_url, 1, exchange=amqp_exchange) == [frame]
@@ -158,11 +163,11 @@ def test_broker_restart_fails_writes_while_down_keeps_confirmed_frames_and_the_s
     broker_stop()
     try:
         started = time.monotonic()
-        with pytest.raises(SinkError, match="unavailable"):
-            sink.write(during, [1, 3])
-        assert time.monotonic() - started < 5, "a down broker must fail the write quickly"
-        with pytest.raises(SinkError):
+        sink.write(during, [1, 3])
+        with pytest.raises(SinkError, match="unavailable") as failure:
             sink.flush()
+        assert failure.value.failed == {0}
+        assert time.monotonic() - started < 5, "a down broker must fail the flush quickly"
     finally:
         broker_start()
 
@@ -216,3 +221,117 @@ def test_an_unreachable_broker_fails_the_constructor_after_bounded_attempts():
     with pytest.raises(SinkError, match="after 3 attempts"):
         RabbitMQSink(url, connect_attempts=3, retry_delay=0.05)
     assert time.monotonic() - started < 5
+
+
+# -- queue types -------------------------------------------------------------------------
+
+def _declare_error(url, queue, arguments) -> str:
+    """The broker's reply to declaring ``queue`` with ``arguments`` ("" if it accepts)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_declare(queue, durable=True, arguments=arguments)
+        return ""
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return f"{exc.reply_code} {exc.reply_text}"
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("how", ["keyword", "url"])
+def test_quorum_queues_are_declared_quorum_and_take_frames(rabbitmq_url, amqp_exchange, frame, how):
+    if how == "keyword":
+        sink = RabbitMQSink(rabbitmq_url, exchange=amqp_exchange, queue_type="quorum")
+    else:
+        sink = RabbitMQSink(f"{rabbitmq_url}?queue_type=quorum&exchange={amqp_exchange}")
+    try:
+        assert sink.exchange == amqp_exchange
+        sink.write(frame, [1, 3, 4])
+        sink.flush()
+    finally:
+        sink.close()
+    topology = Topology(amqp_exchange, "quorum")
+    for queue, arguments in topology.queues():
+        assert _declare_error(rabbitmq_url, queue, arguments) == "", "same arguments: accepted"
+        refused = _declare_error(rabbitmq_url, queue, dict(arguments, **{"x-queue-type": "classic"}))
+        assert "PRECONDITION_FAILED" in refused and "x-queue-type" in refused
+    assert read_all(rabbitmq_url, amqp_exchange) == {1: [frame], 2: [], 3: [frame], 4: [frame]}
+
+
+def test_a_queue_declared_with_other_arguments_is_a_one_line_error_naming_it(
+    rabbitmq_url, amqp_exchange
+):
+    # What fastframe 0.1 declared: a classic queue without dead-lettering.
+    assert _declare_error(rabbitmq_url, queue_name(2, amqp_exchange), None) == ""
+    started = time.monotonic()
+    with pytest.raises(TopologyError) as refused:
+        RabbitMQSink(rabbitmq_url, exchange=amqp_exchange, retry_delay=0.05)
+    message = str(refused.value)
+    assert queue_name(2, amqp_exchange) in message and "PRECONDITION_FAILED" in message
+    assert "\n" not in message
+    assert time.monotonic() - started < 5, "a refused topology is not retried"
+
+
+def test_an_unknown_queue_type_is_refused_before_connecting(rabbitmq_url):
+    with pytest.raises(ValueError, match="queue_type"):
+        RabbitMQSink(rabbitmq_url, queue_type="stream")
+
+
+# -- pipelined rounds: a failure is the failed write's only -------------------------------
+
+def test_a_returned_frame_fails_only_its_own_write_of_the_round(
+    sink, rabbitmq_url, amqp_exchange, golden_frames
+):
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    connection.channel().queue_unbind(queue_name(2, amqp_exchange), amqp_exchange, routing_key(2))
+    connection.close()
+    first, lost, last = (data for _, data, _ in golden_frames[:3])
+
+    sink.write(first, [1])
+    sink.write(lost, [2])
+    sink.write(last, [1, 3])
+    with pytest.raises(SinkError, match="returned") as failure:
+        sink.flush()
+    assert failure.value.failed == {1}
+    assert read_queue(rabbitmq_url, 1, exchange=amqp_exchange) == [first, last]
+    assert read_queue(rabbitmq_url, 3, exchange=amqp_exchange) == [last]
+
+
+def test_a_nacked_frame_fails_only_its_own_write_of_the_round(
+    sink, rabbitmq_url, amqp_exchange, golden_frames
+):
+    queue = queue_name(1, amqp_exchange)
+    policy = f"{amqp_exchange}-full"
+    rabbitmqctl(
+        "set_policy", "--apply-to", "queues", policy, f"^{queue}$",
+        '{"max-length": 1, "overflow": "reject-publish"}',
+    )
+    first, refused, other = (data for _, data, _ in golden_frames[:3])
+    try:
+        sink.write(first, [1])
+        sink.write(refused, [1])
+        sink.write(other, [3])
+        with pytest.raises(SinkError, match="nacked") as failure:
+            sink.flush()
+        assert failure.value.failed == {1}
+    finally:
+        rabbitmqctl("clear_policy", policy)
+    assert read_queue(rabbitmq_url, 1, exchange=amqp_exchange) == [first]
+    assert read_queue(rabbitmq_url, 3, exchange=amqp_exchange) == [other]
+
+
+def test_a_connection_dropped_for_missed_heartbeats_while_idle_is_replaced(
+    rabbitmq_url, amqp_exchange, frame, caplog
+):
+    # Nothing runs the sink's connection between rounds, so with a 1 s heartbeat
+    # the broker drops it; the next round must notice, reconnect and publish.
+    sink = RabbitMQSink(f"{rabbitmq_url}?heartbeat=1", exchange=amqp_exchange, retry_delay=0.05)
+    try:
+        sink.write(frame, [2])
+        sink.flush()
+        time.sleep(4)
+        sink.write(frame, [2])
+        sink.flush()
+    finally:
+        sink.close()
+    assert read_queue(rabbitmq_url, 2, exchange=amqp_exchange) == [frame, frame]
+    assert [r for r in caplog.records if "connection to" in r.getMessage() and "lost" in r.getMessage()]

@@ -1,4 +1,4 @@
-"""``fastframe`` command line: gen, serve, send, demo, inspect.
+"""``fastframe`` command line: gen, serve, send, demo, consume, inspect.
 
 A mistake an operator can make (a bad option value, a busy port, a sink that
 cannot be opened, a server that does not answer) ends in one line on stderr,
@@ -36,7 +36,7 @@ from .orchestrator import Orchestrator
 from .schema import (
     DEFAULT_MAX_FRAME, FRAME_HEADER_SIZE, MAX_BATCH_FRAME, TABLE_HEADER_SIZE, TABLES, BatchStatus,
 )
-from .sinks import Sink, SinkError, open_sink
+from .sinks import QUEUE_TYPES, Sink, SinkError, open_sink
 from .sinks.file import FSYNC_POLICIES, FileSink, read_frames
 
 MB = 1_000_000
@@ -346,8 +346,9 @@ def _logging_to_stderr(formatter: logging.Formatter, level: str) -> Iterator[Non
         pika_log.setLevel(saved[1])
 
 
-def _open_sink(url: str, fsync: str) -> Sink:
-    options = {"fsync": fsync} if url.startswith("file:") else {}
+def _open_sink(url: str, fsync: str, queue_type: Optional[str]) -> Sink:
+    options: Dict[str, Any] = ({"fsync": fsync} if url.startswith("file:")
+                               else {"queue_type": queue_type})
     try:
         return open_sink(url, **options)
     except ImportError as exc:
@@ -362,7 +363,7 @@ def _open_sink(url: str, fsync: str) -> Sink:
 
 
 def _serve(args: argparse.Namespace, sink_url: str) -> int:
-    sink = _open_sink(sink_url, args.fsync)
+    sink = _open_sink(sink_url, args.fsync, args.queue_type)
     try:
         server = Orchestrator(sink, args.host, args.port, max_frame=args.max_frame,
                               compat=args.compat, idle_timeout=args.idle_timeout)
@@ -479,6 +480,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_consume(args: argparse.Namespace) -> int:
+    from .consumer import Consumer, ConsumerError
+
+    url = args.url or os.environ.get(AMQP_URL_ENV, "")
+    if not url:
+        raise CommandError(f"no broker URL: give one or set ${AMQP_URL_ENV}", USAGE)
+    if not url.startswith(("amqp://", "amqps://")):
+        raise CommandError(f"expected an amqp:// or amqps:// URL, got {_mask_urls(url)!r}", USAGE)
+    redact = Redactor.for_url(url)
+    out = FileSink(args.out[len("file:"):], fsync=args.fsync)
+    consumed = rejected = 0
+    try:
+        with _logging_to_stderr(TextLogFormatter(redact), args.log_level), \
+                Consumer(url, args.query, prefetch=args.prefetch,
+                         queue_type=args.queue_type) as consumer:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: consumer.stop())
+            for arrived in consumer.batches(until_idle=args.until_idle):
+                # Acked only once their frames are flushed (one flush for the
+                # messages that arrived together): a crash in between leaves them
+                # in the queue, to be stored again (at-least-once).
+                for message in arrived:
+                    out.write(message.frame, message.batch.query_ids)
+                out.flush()
+                for message in arrived:
+                    message.ack()
+                consumed += len(arrived)
+            rejected = consumer.rejected
+    except ValueError as exc:
+        raise CommandError(redact(str(exc)), USAGE) from None
+    except (ConsumerError, SinkError) as exc:
+        raise CommandError(f"{redact(str(exc))} ({consumed} messages stored)") from None
+    finally:
+        out.close()
+    print(f"consumed {consumed} messages from query {args.query} into {out.path}"
+          f" ({rejected} malformed, dead-lettered)")
+    return 0
+
+
+def _out_file(text: str) -> str:
+    """``file:PATH``, the one kind of output ``consume`` writes."""
+    if not text.startswith("file:") or len(text) == len("file:"):
+        raise argparse.ArgumentTypeError(f"expected file:PATH, got {text!r}")
+    return text
+
+
 def _describe(index: int, offset: int, msg: Any) -> Dict[str, Any]:
     item: Dict[str, Any] = {"index": index, "offset": offset, "type": type(msg).__name__,
                             "opcode": int(msg.opcode)}
@@ -575,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"${AMQP_URL_ENV} if set, else {DEFAULT_SINK})")
     p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
                    help="file sink: fsync before every ACK (always) or leave it to the OS")
+    p.add_argument("--queue-type", choices=QUEUE_TYPES, default=None,
+                   help="amqp sink: the type of the query queues it declares (default: the "
+                        "URL's queue_type, else classic)")
     p.add_argument("--max-frame", type=_integer(FRAME_HEADER_SIZE, _I32_MAX),
                    default=DEFAULT_MAX_FRAME, help="largest frame accepted, in bytes")
     p.add_argument("--idle-timeout", type=_seconds, default=60.0,
@@ -624,6 +674,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
                    help="file sink: fsync before every ACK (always) or leave it to the OS")
     p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("consume", help="drain a query's RabbitMQ queue into a sink file",
+                       description="Store the DataBatch frames of one query's durable queue in "
+                                   "a sink file, acking each once it is flushed.",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("url", nargs="?", default=None,
+                   help=f"amqp://USER:PASS@HOST:PORT/VHOST, options as for serve --sink "
+                        f"(default: ${AMQP_URL_ENV})")
+    p.add_argument("--query", type=int, required=True, choices=(1, 2, 3, 4),
+                   help="the query whose queue is drained")
+    p.add_argument("--out", type=_out_file, required=True,
+                   help="file:PATH, a sink file (fastframe inspect reads it)")
+    p.add_argument("--until-idle", type=_seconds, default=None, metavar="SECONDS",
+                   help="stop once the queue gave nothing for this long (default: run until "
+                        "SIGTERM)")
+    p.add_argument("--prefetch", type=count, default=8, help="messages delivered ahead of acks")
+    p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
+                   help="fsync before every ack (always) or leave it to the OS")
+    p.add_argument("--queue-type", choices=QUEUE_TYPES, default=None,
+                   help="the queue type, if the consumer declares the queues first (default: "
+                        "the URL's queue_type, else classic)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="warning", help="least severe "
+                   "log level shown")
+    p.set_defaults(run=cmd_consume)
 
     p = sub.add_parser("inspect", help="print the frames of a sink file or a capture",
                        description="Print the frames of a sink file or a raw capture.",

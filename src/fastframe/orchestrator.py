@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from . import codec
 from .errors import ProtocolError
@@ -128,33 +128,34 @@ class SinkWriter:
                 return
 
     def _commit(self, tickets: List[_Ticket]) -> None:
-        # A group is stored whole or not at all: a sink that fails part-way
-        # rolls back to its last flush, so none of the group may be ACKed.
-        flushing = False
+        # One round of the sink contract (sinks/__init__.py): write the group, flush
+        # once; a failed write fails the whole round, a failed flush the writes its
+        # SinkError.failed names (all of them when it names none).
+        failed: Optional[FrozenSet[int]] = frozenset()
+        error: Optional[Exception] = None
         try:
             for t in tickets:
                 self._sink.write(t.frame, t.query_ids)
-            flushing = True
-            self._sink.flush()
         except Exception as exc:
+            failed, error = None, exc
+        try:
+            self._sink.flush()
+        except SinkError as exc:
+            if failed is not None:
+                failed, error = exc.failed, exc
+        except Exception as exc:
+            failed, error = None, error or exc
+        if error is not None:
             # SinkError is the contract; anything else is a bug in the sink, and
             # must not end this thread: every connection waits on it.
             log.error("action: sink_write | result: fail | batches: %d | error: %s",
-                      len(tickets), exc, exc_info=not isinstance(exc, SinkError))
-            ok = False
-            if not flushing:
-                # A sink may report a failed write again at the next flush
-                # (RabbitMQSink does): flush now, so that report ends with this
-                # group instead of failing the next one, which is stored.
-                try:
-                    self._sink.flush()
-                except Exception:
-                    pass
-        else:
-            ok = True
-            self.frames_written += len(tickets)
-            self.bytes_written += sum(len(t.frame) for t in tickets)
-        for t in tickets:
+                      len(tickets) if failed is None else len(failed), error,
+                      exc_info=not isinstance(error, SinkError))
+        for i, t in enumerate(tickets):
+            ok = failed is not None and i not in failed
+            if ok:
+                self.frames_written += 1
+                self.bytes_written += len(t.frame)
             t.settle(ok)
 
     def close(self) -> None:

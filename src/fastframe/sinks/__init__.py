@@ -1,27 +1,50 @@
 """Where the orchestrator hands its DataBatch frames: the sink interface.
 
 A sink is used from one thread only (the orchestrator's sink writer), so
-implementations need no locking. The contract that makes ACKs safe:
+implementations need no locking. The writes between two ``flush()`` calls
+form a *round*; they are numbered 0, 1, 2, … in call order. The contract
+that makes ACKs safe:
 
-* ``write(frame, query_ids)`` hands over one whole DataBatch frame;
-* ``flush()`` returns only when every frame written so far is durable
-  (file: written, and fsynced per the policy; RabbitMQ: confirmed by the
-  broker). It raises ``SinkError`` when it cannot promise that, and then
-  none of the frames since the last successful flush may be ACKed;
+* ``write(frame, query_ids)`` hands over one whole DataBatch frame; the
+  sink may keep a reference to ``frame`` until the round's flush returns.
+  It raises ``SinkError`` when it cannot take the frame; then no write of
+  the round may be ACKed (the sink may have rolled back to its last flush),
+  and the caller ends the round with ``flush()``, whatever that reports.
+* ``flush()`` returns only when every write of the round is durable (file:
+  written, and fsynced per the policy; RabbitMQ: every copy confirmed by the
+  broker). Otherwise it raises ``SinkError`` whose ``failed`` attribute says
+  which writes may not be ACKed: ``None`` for all of them, or a frozenset of
+  their round indices, in which case every other write of the round *is*
+  durable and may be ACKed. Either way the round is over: the next write is
+  number 0 of a new round.
 * ``close()`` flushes what it can and releases the resource.
+
+A sink that only ever raises a plain ``SinkError(message)`` keeps the old,
+all-or-nothing meaning (``failed is None``).
 
 ``open_sink(url)`` builds a sink from the command line's ``--sink`` value:
 ``file:PATH`` (the default kind) or ``amqp://USER:PASS@HOST:PORT/VHOST``.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import AbstractSet, Any, FrozenSet, Optional, Protocol, Sequence
 
-__all__ = ["Sink", "SinkError", "open_sink"]
+__all__ = ["QUEUE_TYPES", "Sink", "SinkError", "open_sink"]
+
+# The RabbitMQ queue types the amqp sink and the consumer can declare.
+QUEUE_TYPES = ("classic", "quorum")
 
 
 class SinkError(Exception):
-    """The sink could not take or make durable what it was handed."""
+    """The sink could not take or make durable what it was handed.
+
+    ``failed``: the round indices of the writes that are not durable, or
+    ``None`` when none of the round's writes is (see the module doc).
+    """
+
+    def __init__(self, message: str, failed: Optional[AbstractSet[int]] = None) -> None:
+        super().__init__(message)
+        self.failed: Optional[FrozenSet[int]] = None if failed is None else frozenset(failed)
 
 
 class Sink(Protocol):
