@@ -452,7 +452,7 @@ def test_table_eof_and_finished_are_forwarded_with_their_headers(start_server, s
                     + eof_frame(spec.name, batch_number=7))
         assert client.acks(3) == [SUCCESS] * 3
         client.send(finished_frame(4242))
-        assert client.read_until_closed() == b""   # FINISHED: stored, no ACK, closed
+        assert client.read_until_closed() == SUCCESS   # FINISHED: stored, ACKed, closed
     server.stop()
 
     first, second, eof, finished = decode(server.sink.durable)
@@ -529,7 +529,7 @@ def test_invalid_batch_is_failed_and_the_connection_goes_on(start_server, case):
         client.send(invalid)
         assert client.ack() == FAIL
         client.send(finished_frame(3))
-        assert client.read_until_closed() == b""
+        assert client.read_until_closed() == SUCCESS
     server.stop()
     assert server.sink.events.count("write") == 2   # nothing written for the invalid ones
     stored = decode(server.sink.durable)
@@ -641,7 +641,7 @@ def test_finished_the_sink_failed_is_answered_with_fail(start_server):
     sink.recover()
     with Wire(server.address) as client:
         client.send(codec.encode_finished_frame(7))
-        assert client.read_until_closed() == b""
+        assert client.read_until_closed() == SUCCESS
     server.stop()
     assert [decode_frame(f).batch_msg for f in sink.durable] == [Finished(7)]
 
