@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ from .client import Cancelled, Client, ClientError, SendSummary, read_table_csv
 from .errors import ProtocolError
 from .messages import DataBatch, EOFMessage, Finished, TableMessage, decode_frame
 from .orchestrator import Orchestrator
+from .orchestrator.admission import default_max_connections
 from .schema import DEFAULT_MAX_FRAME, MAX_BATCH_FRAME, TABLES, BatchStatus, Opcodes
 from .sinks import open_sink
 from .sinks.file import FSYNC_POLICIES, FileSink, read_frames
@@ -96,21 +98,69 @@ def cmd_gen(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .orchestrator.tls import server_context
+
     _setup_logging(args.log_level)
+    tls = (args.tls_cert, args.tls_key)
+    if any(tls) and not all(tls):
+        print("fastframe serve: error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_client_ca and not all(tls):
+        print("fastframe serve: error: --tls-client-ca needs --tls-cert and --tls-key",
+              file=sys.stderr)
+        return 2
+    try:
+        context = server_context(args.tls_cert, args.tls_key, args.tls_client_ca) \
+            if args.tls_cert else None
+    except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError
+        print(f"fastframe serve: error: TLS files: {exc}", file=sys.stderr)
+        return 2
     options = {"fsync": args.fsync} if args.sink.startswith("file:") else {}
     sink = open_sink(args.sink, **options)
-    server = Orchestrator(sink, args.host, args.port, max_frame=args.max_frame,
-                          compat=args.compat, idle_timeout=args.idle_timeout)
+    try:
+        server = Orchestrator(
+            sink, args.host, args.port, max_frame=args.max_frame, compat=args.compat,
+            max_connections=args.max_connections, max_buffer_bytes=args.max_buffer_bytes,
+            header_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
+            frame_timeout=args.frame_timeout, max_invalid=args.max_invalid, ssl_context=context)
+    except ValueError as exc:
+        sink.close()
+        print(f"fastframe serve: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        sink.close()
+        print(f"fastframe serve: error: cannot listen on {args.host}:{args.port}: {exc}",
+              file=sys.stderr)
+        return 1
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.request_shutdown())
     server.serve_forever()
     return 0
 
 
+def _send_tls_context(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    """``send``'s TLS context from --tls-ca/--tls-cert/--tls-key (``None``: plaintext)."""
+    from .orchestrator.tls import client_context
+
+    if args.tls_cert and not args.tls_key or args.tls_key and not args.tls_cert:
+        raise ValueError("--tls-cert and --tls-key go together")
+    if not args.tls_ca:
+        if args.tls_cert:
+            raise ValueError("--tls-cert needs --tls-ca, the CA that signed the server's")
+        return None
+    return client_context(args.tls_ca, args.tls_cert, args.tls_key)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     progress = ProgressLine()
+    try:
+        context = _send_tls_context(args)
+    except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError
+        print(f"fastframe send: error: TLS files: {exc}", file=sys.stderr)
+        return 2
     client = Client(args.server, args.agency_id, batch_rows=args.batch_rows,
-                    max_batch_bytes=args.max_batch_bytes, window=args.window, progress=progress)
+                    max_batch_bytes=args.max_batch_bytes, window=args.window, progress=progress,
+                    ssl_context=context)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _f: client.cancel(s))
     try:
@@ -269,10 +319,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file:PATH or amqp://USER:PASS@HOST:PORT/VHOST")
     p.add_argument("--fsync", choices=FSYNC_POLICIES, default="always",
                    help="file sink: fsync before every ACK (always) or leave it to the OS")
-    p.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME)
-    p.add_argument("--idle-timeout", type=float, default=60.0)
+    p.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME,
+                   help="largest frame body accepted, in bytes (default %(default)s)")
+    p.add_argument("--max-connections", type=int, default=None,
+                   help="connections open at once; a newcomer beyond is closed at once "
+                        f"(default min(4096, fd limit - 64), here {default_max_connections()})")
+    p.add_argument("--max-buffer-bytes", type=int, default=64 * 2**20,
+                   help="frame bytes held across all connections (default %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds for the TLS handshake and the first frame header "
+                        "(default %(default)s)")
+    p.add_argument("--frame-timeout", type=float, default=30.0,
+                   help="seconds for each frame from its header to its last byte, waits for "
+                        "buffer budget included (default %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=60.0,
+                   help="seconds a connection may stay silent between frames "
+                        "(default %(default)s)")
+    p.add_argument("--max-invalid", type=int, default=100,
+                   help="invalid frames in a row before the connection is closed "
+                        "(default %(default)s)")
     p.add_argument("--compat", action="store_true",
-                   help="write the original orchestrator's DataBatch header values")
+                   help="the original orchestrator's bytes: its DataBatch header values, "
+                        "and no answer to a stored FINISHED")
+    p.add_argument("--tls-cert", help="TLS: the server's certificate chain (PEM); "
+                                      "default plaintext")
+    p.add_argument("--tls-key", help="TLS: the server certificate's private key (PEM)")
+    p.add_argument("--tls-client-ca", help="TLS: require client certificates signed by this CA "
+                                           "(PEM); the certificate's CN agency-N names the agency")
     p.add_argument("--log-level", default="info")
     p.set_defaults(run=cmd_serve)
 
@@ -283,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-rows", type=int, default=50_000)
     p.add_argument("--max-batch-bytes", type=int, default=MAX_BATCH_FRAME)
     p.add_argument("--window", type=int, default=8)
+    p.add_argument("--tls-ca", help="TLS: the CA that signed the orchestrator's certificate "
+                                    "(PEM); default plaintext")
+    p.add_argument("--tls-cert", help="TLS: this agency's client certificate (PEM)")
+    p.add_argument("--tls-key", help="TLS: the client certificate's private key (PEM)")
     p.set_defaults(run=cmd_send)
 
     p = sub.add_parser("demo", help="generate, serve, send and check, end to end")

@@ -17,6 +17,7 @@ import collections
 import csv
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,7 +233,8 @@ class Client:
     def __init__(self, address: Tuple[str, int], agency_id: int, *, batch_rows: int = 50_000,
                  max_batch_bytes: int = MAX_BATCH_FRAME, window: int = 8, max_retries: int = 3,
                  connect_attempts: int = 10, backoff: float = 0.1, timeout: float = 60.0,
-                 progress: Optional[Progress] = None) -> None:
+                 progress: Optional[Progress] = None,
+                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
         # A batch of no rows (a header-only file, a CANCEL batch) must fit too.
         empty = FRAME_HEADER_SIZE + TABLE_HEADER_SIZE
         if not empty <= max_batch_bytes <= MAX_BATCH_FRAME:
@@ -250,6 +252,7 @@ class Client:
         self.backoff = backoff
         self.timeout = timeout
         self.progress = progress
+        self.ssl_context = ssl_context   # TLS to the orchestrator (orchestrator.tls.client_context)
         self._sock: Optional[socket.socket] = None
         self._in_flight: Deque[_Batch] = collections.deque()
         self._cancel_signal: Optional[int] = None
@@ -265,16 +268,24 @@ class Client:
     def _connect(self) -> None:
         delay = self.backoff
         for attempt in range(1, self.connect_attempts + 1):
+            sock = None
             try:
                 sock = socket.create_connection(self.address, timeout=self.timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.ssl_context is not None:
+                    sock = self.ssl_context.wrap_socket(sock, server_hostname=self.address[0])
             except OSError as exc:
+                if sock is not None:
+                    sock.close()
+                if isinstance(exc, ssl.SSLCertVerificationError):  # no retry will change it
+                    raise ClientError(f"TLS with {self.address[0]}:{self.address[1]}: "
+                                      f"{exc.verify_message}") from exc
                 if attempt == self.connect_attempts:
                     raise ClientError(f"cannot connect to {self.address[0]}:{self.address[1]} "
                                       f"after {attempt} attempts: {exc}") from exc
                 time.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock = sock
             return
 
