@@ -108,7 +108,7 @@ class Connection(asyncio.BufferedProtocol):
         self._body: Optional[bytearray] = None
         self._body_view: Optional[memoryview] = None
         self._capacity = 0                     # its size, charged to the budget
-        self._scratch = bytearray(_SCRATCH)
+        self._scratch_view = memoryview(bytearray(_SCRATCH))
         self._scratch_filled = 0
         self._budget_wait: Optional[object] = None
         # Frames received and not yet answered, in arrival order; the ones not
@@ -168,19 +168,20 @@ class Connection(asyncio.BufferedProtocol):
         return True
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        # Never allocates: a transport may ask for a buffer it then finds no bytes
+        # for (uvloop reads until EAGAIN; asyncio's TLS asks before decrypting).
         state = self.state
         if state in (FIRST_HEADER, IDLE):
             return self._header_view[self._filled:]
-        if state == BODY:
-            if self._filled == self._capacity and not self._grow():
-                return self.get_buffer(sizehint)   # now BUDGET, or DRAINING
+        if state == BODY and self._filled < self._capacity:
             assert self._body_view is not None
             return self._body_view[self._filled:self._capacity]
-        if state == BUDGET:
-            # No room yet: the bytes of a read already under way wait here.
-            return memoryview(self._scratch)[self._scratch_filled:
-                                             min(_SCRATCH, self._length - self._filled)]
-        return memoryview(self._scratch)   # DRAINING: whatever still arrives is dropped
+        if state in (BODY, BUDGET):
+            # No frame buffer yet, or waiting for budget: the first few body
+            # bytes land in the scratch buffer, and their arrival sizes one.
+            return self._scratch_view[self._scratch_filled:
+                                      min(_SCRATCH, self._length - self._filled)]
+        return self._scratch_view   # DRAINING: whatever still arrives is dropped
 
     def buffer_updated(self, nbytes: int) -> None:
         state = self.state
@@ -188,12 +189,16 @@ class Connection(asyncio.BufferedProtocol):
             self._filled += nbytes
             if self._filled == FRAME_HEADER_SIZE:
                 self._header_done()
-        elif state == BODY:
+        elif state == BODY and self._filled < self._capacity:
             self._filled += nbytes
             if self._filled == self._length:
                 self._frame_done()
-        elif state == BUDGET:
+            elif self._filled == self._capacity:
+                self._grow()   # the peer sent what the buffer holds: it may double
+        elif state in (BODY, BUDGET):
             self._scratch_filled += nbytes
+            if state == BODY:
+                self._grow()   # the first body bytes arrived: a buffer for them
         # DRAINING: bytes after FINISHED or an error are dropped.
 
     def eof_received(self) -> Optional[bool]:
@@ -288,26 +293,32 @@ class Connection(asyncio.BufferedProtocol):
         if length == 0:
             self._frame_done()
 
-    def _grow(self) -> bool:
-        """Make room for more of the frame; ``False`` when waiting for the budget."""
-        new = min(self._length, max(_FIRST_CHUNK, 2 * self._capacity))
-        if not self.server.budget.take(new - self._capacity):
-            self.state = BUDGET
-            self._pause("budget")
-            self._budget_wait = self.server.budget.wait(new - self._capacity, self._granted)
-            return False
-        return self._resize(new)
+    def _grow(self) -> None:
+        """A bigger frame buffer: ``min(length, max(64 KiB, 2 × capacity))``, if budgeted.
+
+        Without budget, reading pauses until ``_granted``, under the frame deadline.
+        """
+        size = self._next_capacity() - self._capacity
+        if self.server.budget.take(size):
+            self._granted()
+            return
+        self.state = BUDGET
+        self._pause("budget")
+        self._budget_wait = self.server.budget.wait(size, self._granted)
+
+    def _next_capacity(self) -> int:
+        return min(self._length, max(_FIRST_CHUNK, 2 * self._capacity))
 
     def _granted(self) -> None:
+        """The budget for the next capacity is charged: resize, take the scratch bytes."""
         self._budget_wait = None
-        new = min(self._length, max(_FIRST_CHUNK, 2 * self._capacity))
-        self.state = BODY
-        if not self._resize(new):
+        if not self._resize(self._next_capacity()):
             return
+        self.state = BODY
         if self._scratch_filled:
             end = self._filled + self._scratch_filled
             assert self._body_view is not None
-            self._body_view[self._filled:end] = memoryview(self._scratch)[:self._scratch_filled]
+            self._body_view[self._filled:end] = self._scratch_view[:self._scratch_filled]
             self._filled, self._scratch_filled = end, 0
         self._resume("budget")
         if self._filled == self._length:
@@ -323,7 +334,6 @@ class Connection(asyncio.BufferedProtocol):
             return False
         if self._body_view is not None:
             grown[:self._filled] = self._body_view[:self._filled]
-            self._body_view.release()
         self._body, self._body_view = grown, memoryview(grown)
         self._capacity = new
         return True
@@ -333,7 +343,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._capacity:
             self.server.budget.release(self._capacity)
         self._body = self._body_view = None
-        self._capacity = 0
+        self._capacity = self._scratch_filled = 0
 
     def _pending_bytes(self) -> int:
         """Bytes of the frame being received (header included), for log lines."""
