@@ -38,11 +38,9 @@ for a stored one under ``compat``, then the connection closes.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import socket
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Deque, Optional, Sequence, Set, Tuple, cast
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, cast
 
 from .. import codec
 from ..errors import ProtocolError
@@ -88,6 +86,14 @@ class _Frame:
 class Connection(asyncio.BufferedProtocol):
     """The server side of one client connection (see the module docstring)."""
 
+    # An idle connection is this object, its transport and 5 bytes: no dict.
+    __slots__ = ("server", "id", "transport", "peer", "agency", "state", "_admitted", "_deadline",
+                 "_deadline_what", "_deadline_seconds",
+                 "_paused", "_header", "_filled", "_opcode", "_length", "_body",
+                 "_body_view", "_capacity", "_scratch_view", "_scratch_filled", "_budget_wait",
+                 "_in_flight", "_unsubmitted", "_close_when_answered", "close_reason",
+                 "batches", "rows", "invalid", "_invalid_run", "_invalid_unlogged")
+
     def __init__(self, server: "Orchestrator") -> None:
         self.server = server
         self.id = server.next_connection_id()
@@ -96,11 +102,13 @@ class Connection(asyncio.BufferedProtocol):
         self.agency: Optional[int] = None      # from the client certificate, with TLS
         self.state = FIRST_HEADER
         self._admitted = False
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._paused: Set[str] = set()         # why reading is paused
-        # The header buffer, the one buffer every connection owns.
+        self._deadline: Optional[int] = None   # its slot in server.deadlines
+        self._deadline_what = ""
+        self._deadline_seconds = 0.0
+        self._paused: Tuple[str, ...] = ()     # why reading is paused
+        # The header buffer, the one buffer every connection owns. (asyncio and
+        # uvloop both set TCP_NODELAY: answers go out at once.)
         self._header = bytearray(FRAME_HEADER_SIZE)
-        self._header_view = memoryview(self._header)
         self._filled = 0                       # bytes in the current buffer
         self._opcode = 0
         self._length = 0
@@ -108,13 +116,13 @@ class Connection(asyncio.BufferedProtocol):
         self._body: Optional[bytearray] = None
         self._body_view: Optional[memoryview] = None
         self._capacity = 0                     # its size, charged to the budget
-        self._scratch_view = memoryview(bytearray(_SCRATCH))
+        self._scratch_view: Optional[memoryview] = None   # made on first use
         self._scratch_filled = 0
         self._budget_wait: Optional[object] = None
         # Frames received and not yet answered, in arrival order; the ones not
         # yet handed to the sink writer, in the same order.
-        self._in_flight: Deque[_Frame] = collections.deque()
-        self._unsubmitted: Deque[_Frame] = collections.deque()
+        self._in_flight: List[_Frame] = []      # at most _PIPELINE
+        self._unsubmitted: List[_Frame] = []
         self._close_when_answered = False
         self.close_reason = "peer_closed"
         self.batches = 0
@@ -139,12 +147,6 @@ class Connection(asyncio.BufferedProtocol):
         self._admitted = True
         server.live.add(self)
         server.counters.connections += 1
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         if server.ssl_context is not None and not self._take_agency(transport):
             return
         log.info("action: accept | result: success | conn: %d | peer: %s%s", self.id, self.peer,
@@ -167,21 +169,26 @@ class Connection(asyncio.BufferedProtocol):
             return False
         return True
 
+    def _scratch(self) -> memoryview:
+        if self._scratch_view is None:
+            self._scratch_view = memoryview(bytearray(_SCRATCH))
+        return self._scratch_view
+
     def get_buffer(self, sizehint: int) -> memoryview:
         # Never allocates: a transport may ask for a buffer it then finds no bytes
         # for (uvloop reads until EAGAIN; asyncio's TLS asks before decrypting).
         state = self.state
         if state in (FIRST_HEADER, IDLE):
-            return self._header_view[self._filled:]
+            return memoryview(self._header)[self._filled:]
         if state == BODY and self._filled < self._capacity:
             assert self._body_view is not None
             return self._body_view[self._filled:self._capacity]
         if state in (BODY, BUDGET):
             # No frame buffer yet, or waiting for budget: the first few body
             # bytes land in the scratch buffer, and their arrival sizes one.
-            return self._scratch_view[self._scratch_filled:
-                                      min(_SCRATCH, self._length - self._filled)]
-        return self._scratch_view   # DRAINING: whatever still arrives is dropped
+            return self._scratch()[self._scratch_filled:
+                                   min(_SCRATCH, self._length - self._filled)]
+        return self._scratch()   # DRAINING: whatever still arrives is dropped
 
     def buffer_updated(self, nbytes: int) -> None:
         state = self.state
@@ -244,19 +251,24 @@ class Connection(asyncio.BufferedProtocol):
 
     def _arm(self, what: str, seconds: Optional[float]) -> None:
         """Start the deadline of the current wait, replacing the one before."""
-        self._disarm()
+        deadlines = self.server.deadlines
+        deadlines.disarm(self, self._deadline)
+        self._deadline = None
         if seconds is not None:
-            self._timer = self.server.loop.call_later(seconds, self._expired, what, seconds)
+            self._deadline = deadlines.arm(self, seconds)
+            self._deadline_what, self._deadline_seconds = what, seconds
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._deadline is not None:
+            self.server.deadlines.disarm(self, self._deadline)
+            self._deadline = None
 
-    def _expired(self, what: str, seconds: float) -> None:
-        self._timer = None
+    def deadline_passed(self) -> None:
+        self._deadline = None
+        what = self._deadline_what
         log.warning("action: deadline | result: closed | conn: %d | deadline: %s | seconds: %g | "
-                    "pending_bytes: %d", self.id, what, seconds, self._pending_bytes())
+                    "pending_bytes: %d", self.id, what, self._deadline_seconds,
+                    self._pending_bytes())
         self.server.counters.deadlines += 1
         self.close_reason = f"deadline: {what}"
         self._abort()
@@ -264,14 +276,16 @@ class Connection(asyncio.BufferedProtocol):
     # -- reading -------------------------------------------------------------
 
     def _pause(self, reason: str) -> None:
+        if reason in self._paused:
+            return
         if not self._paused and self.transport is not None:
             self.transport.pause_reading()
-        self._paused.add(reason)
+        self._paused += (reason,)
 
     def _resume(self, reason: str) -> None:
         if reason not in self._paused:
             return
-        self._paused.discard(reason)
+        self._paused = tuple(r for r in self._paused if r != reason)
         if not self._paused and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -318,7 +332,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._scratch_filled:
             end = self._filled + self._scratch_filled
             assert self._body_view is not None
-            self._body_view[self._filled:end] = self._scratch_view[:self._scratch_filled]
+            self._body_view[self._filled:end] = self._scratch()[:self._scratch_filled]
             self._filled, self._scratch_filled = end, 0
         self._resume("budget")
         if self._filled == self._length:
@@ -445,7 +459,7 @@ class Connection(asyncio.BufferedProtocol):
             entry = self._unsubmitted[0]
             if entry.answer is None and entry.wrapped is None:
                 return   # still being wrapped: the ones after it wait
-            self._unsubmitted.popleft()
+            del self._unsubmitted[0]
             if entry.wrapped is not None:
                 frame, query_ids = entry.wrapped
                 entry.wrapped = None
@@ -505,7 +519,7 @@ class Connection(asyncio.BufferedProtocol):
         out = []
         finished = False
         while self._in_flight and self._in_flight[0].answer is not None:
-            done = self._in_flight.popleft()
+            done = self._in_flight.pop(0)
             out.append(done.answer)
             finished = finished or done.finished
         transport = self.transport

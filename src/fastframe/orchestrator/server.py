@@ -23,6 +23,7 @@ from ..schema import DEFAULT_MAX_FRAME
 from ..sinks import Sink
 from .admission import ByteBudget, ConnectionLimit, default_max_connections
 from .connection import Connection
+from .deadlines import Deadlines
 from .downstream import HeaderPolicy
 from .sink_writer import SinkWriter
 
@@ -130,6 +131,7 @@ class Orchestrator:
         self._grace = 10.0
         self._shutdown_requested = False
         self._wake: Optional[asyncio.Event] = None
+        self.deadlines: Deadlines   # made with the loop, in _serve
         self._all_closed: Optional[asyncio.Event] = None
         self._state = "new"   # new -> serving -> stopped
         self._state_lock = threading.Lock()
@@ -206,6 +208,7 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._all_closed = asyncio.Event()
+        self.deadlines = Deadlines(loop)
         extra: Dict[str, Any] = {}
         if self.ssl_context is not None:
             extra = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.header_timeout}
