@@ -38,6 +38,7 @@ for a stored one under ``compat``, then the connection closes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, cast
@@ -463,8 +464,7 @@ class Connection(asyncio.BufferedProtocol):
             if entry.wrapped is not None:
                 frame, query_ids = entry.wrapped
                 entry.wrapped = None
-                writer.submit(frame, query_ids,
-                              lambda stored, e=entry: self._stored(e, stored))
+                writer.submit(frame, query_ids, functools.partial(self._stored, entry))
 
     def _stored(self, entry: _Frame, stored: bool) -> None:
         counters = self.server.counters
@@ -516,11 +516,11 @@ class Connection(asyncio.BufferedProtocol):
         if entry.charge:
             self.server.budget.release(entry.charge)
             entry.charge = 0
-        out = []
+        out: List[bytes] = []
         finished = False
         while self._in_flight and self._in_flight[0].answer is not None:
             done = self._in_flight.pop(0)
-            out.append(done.answer)
+            out.append(done.answer or b"")
             finished = finished or done.finished
         transport = self.transport
         if out and transport is not None and not transport.is_closing():
