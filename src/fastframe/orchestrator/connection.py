@@ -3,28 +3,31 @@
 The transport receives straight into the buffer the current state owns:
 
 =============  ==========================================  =============================
-state          buffer handed to the transport              deadline
+state          buffer handed to the transport              deadline (as logged)
 =============  ==========================================  =============================
 first_header   the connection's 5-byte header buffer       ``header_timeout``
-idle           the same header buffer (between frames)     ``idle_timeout``
-body           the frame's buffer, sized by the header     ``frame_timeout`` (one per
-               and grown (doubling, from 64 KiB) only      frame, from its header on,
-               once the bytes already sent fill it         waits for budget included)
-budget         reading paused until the budget grants      the same frame deadline
-               the next growth
+                                                           (``first_header``)
+idle           the same header buffer (between frames)     ``idle_timeout`` (``idle``)
+body           a 64-byte scratch buffer until body bytes   ``frame_timeout`` (``frame``:
+               arrive, then the frame's buffer: 64 KiB,    one per frame, from its
+               doubled each time the bytes sent fill it,   header on, waits for budget
+               never past the length the header gave       included)
+budget         the scratch buffer; reading paused until    the same frame deadline
+               the budget grants the next size
 draining       none: no more frames are read; the answers  none, then ``idle_timeout``
-               still owed go out, then the connection      for the peer to take the
-               closes                                      last answers
+               still owed go out, then the connection      (``answers_unread``) for the
+               closes                                      peer to take them
 =============  ==========================================  =============================
 
-A frame buffer is allocated only when the transport has bytes for it (the
-transport asks for a buffer when its socket is readable), and charged to the
-shared ``ByteBudget`` as it grows, so a peer that sent a header and nothing
-more holds no buffer at all, and one that has sent ``n`` body bytes holds at
+A frame buffer is allocated only once body bytes have arrived (a transport
+may ask for a buffer it then has nothing for), and charged to the shared
+``ByteBudget`` as it grows, so a peer that sent a header and nothing more
+holds no buffer at all, and one that has sent ``n`` body bytes holds at
 most ``max(64 KiB, 2n)``. A complete frame keeps its charge until it is
 answered. At most ``_PIPELINE`` frames per connection are being processed or
 stored at once; reading pauses at that depth (``pause_reading``) instead of
 buffering more, and a paused read has no peer deadline: the wait is ours.
+Deadlines live in ``server.deadlines`` (``deadlines.py``).
 
 Per frame (PROTOCOL.md §7–§8): a valid table batch or EOF is wrapped
 (``downstream.wrap_frame``; large bodies on the executor, as the Cython
@@ -90,7 +93,7 @@ class Connection(asyncio.BufferedProtocol):
     # An idle connection is this object, its transport and 5 bytes: no dict.
     __slots__ = ("server", "id", "transport", "peer", "agency", "state", "_admitted", "_deadline",
                  "_deadline_what", "_deadline_seconds",
-                 "_paused", "_header", "_filled", "_opcode", "_length", "_body",
+                 "_paused", "_header", "_filled", "_opcode", "_length",
                  "_body_view", "_capacity", "_scratch_view", "_scratch_filled", "_budget_wait",
                  "_in_flight", "_unsubmitted", "_close_when_answered", "close_reason",
                  "batches", "rows", "invalid", "_invalid_run", "_invalid_unlogged")
@@ -113,8 +116,7 @@ class Connection(asyncio.BufferedProtocol):
         self._filled = 0                       # bytes in the current buffer
         self._opcode = 0
         self._length = 0
-        # The frame buffer of the frame being received.
-        self._body: Optional[bytearray] = None
+        # The frame buffer of the frame being received (a view of its bytearray).
         self._body_view: Optional[memoryview] = None
         self._capacity = 0                     # its size, charged to the budget
         self._scratch_view: Optional[memoryview] = None   # made on first use
@@ -349,7 +351,7 @@ class Connection(asyncio.BufferedProtocol):
             return False
         if self._body_view is not None:
             grown[:self._filled] = self._body_view[:self._filled]
-        self._body, self._body_view = grown, memoryview(grown)
+        self._body_view = memoryview(grown)
         self._capacity = new
         return True
 
@@ -357,7 +359,7 @@ class Connection(asyncio.BufferedProtocol):
         """Give up the frame being received, and its charge."""
         if self._capacity:
             self.server.budget.release(self._capacity)
-        self._body = self._body_view = None
+        self._body_view = None
         self._capacity = self._scratch_filled = 0
 
     def _pending_bytes(self) -> int:
@@ -379,7 +381,7 @@ class Connection(asyncio.BufferedProtocol):
         refusal = self._finished_refusal(body) if opcode == Opcodes.FINISHED else None
         entry = _Frame(opcode, body, self._capacity, rows, refusal is None)
         # The buffer and its charge now belong to the frame.
-        self._body = self._body_view = None
+        self._body_view = None
         self._capacity = self._filled = 0
         server.counters.bytes_in += FRAME_HEADER_SIZE + length
         self._in_flight.append(entry)
