@@ -508,3 +508,27 @@ def test_100000_invalid_frames_log_at_most_100_lines(tmp_path, max_invalid, answ
     lines = [line for line in log if "| conn: 1 |" in line or line.endswith("| conn: 1")]
     assert len(lines) <= 100, len(lines)
     assert any(f"| invalid: {answered}" in line for line in lines)
+
+
+def _few_descriptors() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def test_out_of_descriptors_at_accept_the_server_goes_on(tmp_path, healthy_data):
+    # --max-connections above what the descriptor limit allows: accept() itself fails.
+    with serving(tmp_path, "--max-connections", "1000", preexec=_few_descriptors) as server:
+        assert "are dropped at accept; raise the limit" in server.log_text()   # said at start
+        socks = connect_many(server.address, 400)
+        try:
+            wait_for(lambda: server.open_fds() >= 190, "the server to run out of descriptors")
+            time.sleep(0.5)
+            assert server.alive()
+        finally:
+            for sock in socks:
+                sock.close()
+        healthy_send(server.address, healthy_data)   # accepting again once they are gone
+        assert server.alive()
+        server.stop()
+    # asyncio's loop logs each failed accept (one line, no traceback); uvloop says nothing.
+    errors = [line for line in server.log_text().splitlines() if "result: fail" in line]
+    assert all("Too many open files" in line for line in errors), errors[:3]

@@ -17,7 +17,7 @@ import resource
 import time
 from typing import Callable, Deque, Optional
 
-__all__ = ["ConnectionLimit", "ByteBudget", "default_max_connections"]
+__all__ = ["ConnectionLimit", "ByteBudget", "default_max_connections", "descriptor_room"]
 
 log = logging.getLogger("fastframe.orchestrator")
 
@@ -28,12 +28,18 @@ _DEFAULT_MAX_CONNECTIONS = 4096
 _REFUSAL_LOG_INTERVAL = 1.0  # seconds between two "refused" log lines
 
 
-def default_max_connections() -> int:
-    """``min(4096, RLIMIT_NOFILE soft limit - 64)``, at least 1."""
+def descriptor_room() -> Optional[int]:
+    """Connections the descriptor limit leaves room for (``None``: no limit)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
-        return _DEFAULT_MAX_CONNECTIONS
-    return max(1, min(_DEFAULT_MAX_CONNECTIONS, soft - _FD_HEADROOM))
+        return None
+    return max(1, soft - _FD_HEADROOM)
+
+
+def default_max_connections() -> int:
+    """``min(4096, RLIMIT_NOFILE soft limit - 64)``, at least 1."""
+    room = descriptor_room()
+    return _DEFAULT_MAX_CONNECTIONS if room is None else min(_DEFAULT_MAX_CONNECTIONS, room)
 
 
 class ConnectionLimit:

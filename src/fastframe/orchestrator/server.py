@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Set, Tuple
 
 from ..schema import DEFAULT_MAX_FRAME
 from ..sinks import Sink
-from .admission import ByteBudget, ConnectionLimit, default_max_connections
+from .admission import ByteBudget, ConnectionLimit, default_max_connections, descriptor_room
 from .connection import Connection
 from .deadlines import Deadlines
 from .downstream import HeaderPolicy
@@ -218,6 +218,14 @@ class Orchestrator:
                  "max_connections: %d | max_buffer_bytes: %d", self.address[0], self.address[1],
                  "on" if self.ssl_context is not None else "off", self.limit.maximum,
                  self.budget.limit)
+        room = descriptor_room()
+        if room is not None and self.limit.maximum > room:
+            # Past the fd limit accept() fails: asyncio logs it and retries a second
+            # later, uvloop (libuv) closes the newcomers without a word.
+            log.warning("action: listen | result: warning | max_connections: %d | "
+                        "descriptor_room: %d | error: connections beyond the descriptor limit "
+                        "are dropped at accept; raise the limit (ulimit -n) or lower "
+                        "--max-connections", self.limit.maximum, room)
         if not self._shutdown_requested:
             await self._wake.wait()
         self.stopping = True
