@@ -201,3 +201,54 @@ def test_a_client_that_does_not_trust_the_server_stops_at_once(tls_server, pki, 
     with pytest.raises(ClientError, match="^TLS with 127.0.0.1:[0-9]+: "):
         Client(tls_server.address, 7, timeout=SOCKET_TIMEOUT, ssl_context=wrong_ca,
                connect_attempts=3).send_folder(tmp_path)
+
+
+def test_fastframe_serve_and_send_over_mutual_tls(pki, tmp_path):
+    import subprocess
+
+    from fastframe.datagen import generate
+    from fastframe.sinks.file import read_frames
+    from helpers_system import free_port
+    from test_faults import fastframe_command, stop_process, subprocess_env, wait_for_log
+
+    data = tmp_path / "data"
+    generate(data, transactions=200, seed=6)
+    port, sink, log = free_port(), tmp_path / "sink.bin", tmp_path / "serve.log"
+    cert, key = pki["server"]
+    with open(log, "wb") as f:
+        serve = subprocess.Popen(
+            fastframe_command("serve", "--port", str(port), "--sink", f"file:{sink}",
+                              "--fsync", "never", "--tls-cert", cert, "--tls-key", key,
+                              "--tls-client-ca", pki["ca"][0]),
+            stdout=f, stderr=subprocess.STDOUT, env=subprocess_env())
+    try:
+        wait_for_log(log, "action: listen | result: success")
+        assert "| tls: on |" in log.read_text()
+        sent = subprocess.run(
+            fastframe_command("send", str(data), "--server", f"127.0.0.1:{port}",
+                              "--agency-id", "7", "--tls-ca", pki["ca"][0],
+                              "--tls-cert", pki["agency-7"][0], "--tls-key", pki["agency-7"][1]),
+            capture_output=True, text=True, env=subprocess_env(), timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        serve.terminate()
+        assert serve.wait(60) == 0
+    finally:
+        stop_process(serve)
+    finished = [decode_frame(bytes(f)).batch_msg for f in read_frames(sink)]
+    assert finished[-1] == Finished(7)
+
+
+@pytest.mark.parametrize("command", ["serve", "send"])
+def test_unreadable_tls_files_are_one_line_and_exit_2(tmp_path, command):
+    import subprocess
+
+    from test_faults import fastframe_command, subprocess_env
+
+    missing = str(tmp_path / "missing.pem")
+    args = (["serve", "--port", "0", "--sink", f"file:{tmp_path / 'sink.bin'}",
+             "--tls-cert", missing, "--tls-key", missing] if command == "serve" else
+            ["send", str(tmp_path), "--agency-id", "1", "--tls-ca", missing])
+    done = subprocess.run(fastframe_command(*args), capture_output=True, text=True,
+                          env=subprocess_env(), timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "TLS files" in done.stderr, done.stderr
