@@ -692,8 +692,6 @@ def test_send_to_a_bracketed_ipv6_server(tmp_path, capsys, keep_signal_handlers,
     assert opcodes[-1] == Opcodes.FINISHED and len(opcodes) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="Orchestrator binds with socket.create_server's default "
-                                       "family (AF_INET), which cannot take ::1")
 def test_serve_on_ipv6_loopback(tmp_path, no_amqp_env, ipv6_port):
     write_dataset(tmp_path / "data", {"stores": [2]})
     sink = tmp_path / "sink.bin"

@@ -390,9 +390,11 @@ def test_trickling_clients_are_cut_at_the_frame_deadline_others_unaffected(
         server.stop()
 
     assert all(0 < n < max_bytes for n in sent), sent   # cut mid-frame
-    # Closed on a timeout: the frame deadline, as a byte every 50 ms never leaves
-    # a connection idle for 10 s. (The log line does not say which deadline.)
-    cut = [r.getMessage() for r in caplog.records if "| error: timeout:" in r.getMessage()]
+    # Closed at the frame deadline, which the one log line names (a byte every
+    # 50 ms never leaves a connection idle for 10 s).
+    cut = [r.getMessage() for r in caplog.records
+           if "action: deadline | result: closed" in r.getMessage()]
+    assert all("| deadline: frame |" in line for line in cut), cut
     assert len(cut) == len(slow), cut
     assert [(s.retries, s.reconnects) for s in summaries] == [(0, 0)] * len(healthy)
     expected = collections.Counter()

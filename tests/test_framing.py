@@ -22,7 +22,6 @@ from fastframe import (
     BatchRecvSuccess, EOFMessage, Finished, FrameDecoder, FrameReader, NewTransactionItems,
     NewUsers, ProtocolError, RawTransactionItem, RawUser, decode_frame, recv_msg,
 )
-from fastframe.framing import BufferPool
 from fastframe.schema import DEFAULT_MAX_FRAME, MAX_BATCH_FRAME
 from wire import eof_body, frame, sample_rows, split_frames, table_body
 
@@ -748,97 +747,3 @@ def test_reader_timeouts_say_which_one_fired(codec, data, message):
             reader.read_frame()
 
 
-# -- FrameReader with a BufferPool --------------------------------------------------
-
-@pytest.mark.parametrize("chunker", [
-    pytest.param(whole, id="one-chunk"),
-    pytest.param(lambda: random_chunks(7, 100_000), id="random"),
-])
-def test_reader_borrows_a_pool_buffer_for_a_big_frame_and_gives_it_back(codec, sample_frames,
-                                                                         chunker):
-    big = _big_frames(codec)
-    pool = BufferPool(1)
-    stream = FINISHED_7 + big[0] + sample_frames[2] + FINISHED_7
-    reader = FrameReader(FakeSocket(stream, chunker()), buffer_size=4096, buffer_pool=pool)
-    expected = split_frames(stream)
-    assert bytes(reader.read_frame()[1]) == expected[0][1]
-    assert pool.available == 1
-    opcode, body = reader.read_frame()
-    assert (opcode, bytes(body)) == expected[1]
-    assert pool.available == 0            # the body lives in the pooled buffer...
-    assert len(reader._own) == 4096        # ...and the reader's own never grew
-    # The bytes read ahead with the big frame's start survive the swaps.
-    assert [(op, bytes(b)) for op, b in iter(reader.read_frame, None)] == expected[2:]
-    assert pool.available == 1            # given back at the next read_frame
-    assert len(reader._buf.data) == 4096
-
-
-def test_reader_pool_with_frames_around_its_own_buffer_size(codec, sample_split):
-    pool = BufferPool(1)
-    frames = [frame(*f) for f in sample_split]
-    stream = b"".join(frames)
-    big = max(len(f) for f in frames)
-    reader = FrameReader(FakeSocket(stream), buffer_size=big - 1, buffer_pool=pool)
-    assert read_all_frames(reader) == split_frames(stream)
-    assert pool.available == 1
-
-
-def test_reader_close_returns_the_pool_buffer(codec):
-    big = _big_frames(codec)
-    pool = BufferPool(1)
-    reader = FrameReader(FakeSocket(big[0][:300_000]), buffer_size=4096, buffer_pool=pool)
-    with pytest.raises(EOFError):
-        reader.read_frame()
-    assert pool.available == 0
-    reader.close()
-    assert pool.available == 1
-    reader.close()  # twice is harmless
-    assert pool.available == 1
-
-
-def test_pool_refuses_a_reader_with_a_bigger_max_frame(codec):
-    with pytest.raises(ValueError):
-        FrameReader(FakeSocket(b""), max_frame=100, buffer_pool=BufferPool(1, max_frame=99))
-    with pytest.raises(ValueError):
-        BufferPool(0)
-
-
-def test_a_pool_of_one_serializes_two_readers(codec):
-    big = _big_frames(codec)
-    pool = BufferPool(1)
-    pairs = [socket.socketpair() for _ in range(2)]
-    readers = [FrameReader(theirs, buffer_size=4096, buffer_pool=pool) for _, theirs in pairs]
-    for _, theirs in pairs:
-        theirs.settimeout(10)
-    got: List[list] = [[], []]
-    errors: list = []
-
-    def read(i: int) -> None:
-        try:
-            for opcode, body in readers[i]:
-                got[i].append((opcode, bytes(body)))
-                if len(body) > 4096:
-                    assert pool.available == 0  # this reader holds the one buffer
-                time.sleep(0.01)  # hold the buffer a while: the other must wait
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=read, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    senders = []
-    for mine, _ in pairs:
-        def send(sock=mine):
-            sock.sendall(b"".join(big) + FINISHED_7)
-            sock.shutdown(socket.SHUT_WR)
-        senders.append(threading.Thread(target=send))
-        senders[-1].start()
-    for t in senders + threads:
-        t.join(30)
-        assert not t.is_alive(), "deadlock"
-    for mine, theirs in pairs:
-        mine.close()
-        theirs.close()
-    assert not errors
-    assert got[0] == got[1] == split_frames(b"".join(big) + FINISHED_7)
-    assert pool.available == 1

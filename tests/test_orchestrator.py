@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import logging
 import random
 import socket
 import struct
@@ -861,10 +862,13 @@ def test_shutdown_while_clients_are_mid_stream(start_server):
                 return   # the orchestrator went away mid-stream, as asked
         raise AssertionError("the orchestrator never closed the connection")
 
+    # Connected before the shutdown is asked for, so none of them races the listener closing.
+    mid_frame = Wire(server.address)
+    mid_frame.send(numbered_batch(0)[:30])
+
     def mid_frame_client():
-        with Wire(server.address) as wire:
-            wire.send(numbered_batch(0)[:30])
-            return wire.read_until_closed()
+        with mid_frame:
+            return mid_frame.read_until_closed()
 
     idle = Wire(server.address)
     clients = Workers([streaming_client, mid_frame_client])
@@ -906,3 +910,220 @@ def test_shutdown_where_the_listener_cannot_be_shut_down(start_server, monkeypat
     server.stop()
     assert server.sink.closed
     assert batch_numbers(server.sink.durable) == [1]
+
+
+# == admission, deadlines and bad input (issue 9) ======================================
+
+def sized_batch(number: int, approx_bytes: int) -> bytes:
+    """A valid menu_items batch of about ``approx_bytes``, numbered ``number``."""
+    row = dict(sample_rows(MENU, 1, seed=number)[0], name="n" * 1000)
+    frame_ = batch_frame(MENU, [row] * max(1, approx_bytes // 1100), batch_number=number)
+    return frame_
+
+
+def closed_by_server(wire: Wire) -> bool:
+    """``True`` once the orchestrator has closed ``wire`` (EOF or reset), within the timeout."""
+    try:
+        return wire.sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def log_lines(caplog, text: str, conn: Optional[int] = None) -> List[str]:
+    lines = [r.getMessage() for r in caplog.records if text in r.getMessage()]
+    if conn is not None:
+        lines = [line for line in lines if f"| conn: {conn} |" in line + " |"]
+    return lines
+
+
+def test_first_header_deadline_closes_a_silent_connection(start_server, caplog):
+    caplog.set_level(logging.INFO, logger="fastframe.orchestrator")
+    server = start_server(header_timeout=0.3, idle_timeout=30.0)
+    with Wire(server.address) as silent, Wire(server.address) as talker:
+        talker.send(numbered_batch(1))
+        assert talker.ack() == SUCCESS
+        assert closed_by_server(silent)
+        talker.send(numbered_batch(2))   # past the header deadline: idle_timeout applies now
+        assert talker.ack() == SUCCESS
+    server.stop()
+    lines = log_lines(caplog, "action: deadline")
+    assert len(lines) == 1 and "| deadline: first_header |" in lines[0]
+
+
+def test_a_header_alone_holds_no_buffer_budget(start_server):
+    # The budget holds exactly one largest frame; headers claiming that much hold none of it.
+    big = sized_batch(7, 150_000)
+    server = start_server(max_frame=len(big), max_buffer_bytes=len(big), frame_timeout=30.0)
+    claims = [Wire(server.address) for _ in range(5)]
+    try:
+        for wire in claims:
+            wire.send(struct.pack("<Bi", MENU.opcode, len(big) - 5))
+        with Wire(server.address) as client:
+            client.send(big)
+            assert client.ack() == SUCCESS
+            assert server.orchestrator.budget.held == 0
+    finally:
+        for wire in claims:
+            wire.sock.close()
+    server.stop()
+    assert batch_numbers(server.sink.durable) == [7]
+
+
+def test_small_frames_pass_a_large_one_waiting_for_budget(start_server):
+    large = sized_batch(2, 150_000)
+    server = start_server(max_frame=len(large), max_buffer_bytes=len(large), frame_timeout=30.0)
+    budget = server.orchestrator.budget
+    with Wire(server.address) as holder, Wire(server.address) as waiter:
+        holder.send(large[:100_000])   # holds a buffer grown past what is left for the other
+        wait_for(lambda: budget.held > len(large) - 64 * 1024, "the holder's buffer to grow")
+        waiter.send(large[:30_000])
+        wait_for(lambda: budget.waiting == 1, "the large frame to wait for budget")
+        with Wire(server.address) as small:
+            small.send(numbered_batch(3))
+            assert small.ack() == SUCCESS
+        assert budget.waiting == 1
+        holder.sock.close()   # its budget goes back: the waiting frame goes on
+        waiter.send(large[30_000:])
+        assert waiter.ack() == SUCCESS
+    server.stop()
+    assert batch_numbers(server.sink.durable) == [3, 2]
+
+
+def test_a_frame_waiting_for_budget_is_cut_at_its_frame_deadline(start_server, caplog):
+    caplog.set_level(logging.INFO, logger="fastframe.orchestrator")
+    large = sized_batch(2, 150_000)
+    server = start_server(max_frame=len(large), max_buffer_bytes=len(large),
+                          frame_timeout=1.0)
+    budget = server.orchestrator.budget
+    with Wire(server.address) as holder, Wire(server.address) as waiter:
+        holder.send(large[:100_000])
+        wait_for(lambda: budget.held > len(large) - 64 * 1024, "the holder's buffer to grow")
+        waiter.send(large[:30_000])
+        wait_for(lambda: budget.waiting == 1, "the frame to wait for budget")
+        assert closed_by_server(waiter)
+        assert closed_by_server(holder)
+    wait_for(lambda: budget.held == 0 and budget.waiting == 0, "the budget to come back")
+    server.stop()
+    lines = log_lines(caplog, "action: deadline")
+    assert len(lines) == 2 and all("| deadline: frame |" in line for line in lines), lines
+
+
+def test_max_connections_refuses_newcomers_at_once(start_server, caplog):
+    caplog.set_level(logging.INFO, logger="fastframe.orchestrator")
+    server = start_server(max_connections=3)
+    admitted = [Wire(server.address) for _ in range(3)]
+    for n, wire in enumerate(admitted):
+        wire.send(numbered_batch(n))
+        assert wire.ack() == SUCCESS
+    for _ in range(20):
+        with Wire(server.address) as refused:
+            assert closed_by_server(refused)
+    admitted.pop().sock.close()
+    wait_for(lambda: server.orchestrator.limit.open == 2, "a slot to free")
+    with Wire(server.address) as newcomer:
+        newcomer.send(numbered_batch(9))
+        assert newcomer.ack() == SUCCESS
+    for wire in admitted:
+        wire.sock.close()
+    server.stop()
+    assert server.orchestrator.counters.refused == 20
+    # Rate-limited: a line a second at most, each counting the refusals since the last.
+    lines = log_lines(caplog, "result: refused | reason: max_connections")
+    assert 1 <= len(lines) <= 3
+    assert sum(int(line.rsplit("refused_since_last_line: ", 1)[1]) for line in lines) <= 20
+
+
+def test_max_invalid_frames_in_a_row_close_the_connection(start_server, caplog):
+    caplog.set_level(logging.INFO, logger="fastframe.orchestrator")
+    server = start_server(max_invalid=10)
+    bad = INVALID["unknown key"](codec.impl)
+    with Wire(server.address) as client:
+        # A valid frame resets the count: 9 invalid, 1 valid, 9 invalid, 1 valid.
+        client.send((bad * 9 + numbered_batch(1)) + (bad * 9 + numbered_batch(2)))
+        assert client.acks(20) == ([FAIL] * 9 + [SUCCESS]) * 2
+        client.send(bad * 15)
+        assert client.read_until_closed() == FAIL * 10   # the 10th in a row closes it
+    server.stop()
+    assert batch_numbers(server.sink.durable) == [1, 2]
+    assert log_lines(caplog, "10 invalid frames in a row (max_invalid)")
+
+
+def test_invalid_frame_warnings_are_rate_limited_per_connection(start_server, caplog):
+    caplog.set_level(logging.INFO, logger="fastframe.orchestrator")
+    server = start_server(max_invalid=1000)
+    bad = INVALID["unknown key"](codec.impl)
+    with Wire(server.address) as client:
+        client.send(bad * 300)
+        assert client.acks(300) == [FAIL] * 300
+    server.stop()
+    assert len(log_lines(caplog, "action: validate | result: fail")) == 5
+    closing = log_lines(caplog, "action: close")
+    assert len(closing) == 1 and "| invalid: 300 | invalid_not_logged: 295" in closing[0]
+
+
+@pytest.mark.parametrize("agency_id", [-1, -5, -(1 << 31)])
+def test_finished_for_a_negative_agency_is_failed_and_not_stored(start_server, agency_id):
+    server = start_server()
+    with Wire(server.address) as client:
+        client.send(finished_frame(agency_id))
+        assert client.ack() == FAIL
+        client.send(numbered_batch(1) + finished_frame(5))
+        assert client.read_until_closed() == SUCCESS * 2
+    server.stop()
+    inner = [decode_frame(f).batch_msg for f in server.sink.durable]
+    assert inner[1:] == [Finished(5)]
+
+
+def test_executor_refusing_work_costs_that_connection_only(start_server, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="fastframe.orchestrator")
+    server = start_server()
+    large = sized_batch(4, 100_000)   # projected on the executor, not the loop
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(server.orchestrator.executor, "submit", refuse)
+    with Wire(server.address) as victim, Wire(server.address) as bystander:
+        victim.send(numbered_batch(1) + large)
+        assert victim.read_until_closed() == SUCCESS + FAIL
+        bystander.send(numbered_batch(2))
+        assert bystander.ack() == SUCCESS
+    monkeypatch.undo()
+    with Wire(server.address) as client:
+        client.send(large)
+        assert client.ack() == SUCCESS
+    server.stop()
+    assert batch_numbers(server.sink.durable) == [1, 2, 4]
+    assert log_lines(caplog, "error: resource: the executor refused the frame")
+    assert server.orchestrator.counters.resource_failures == 1
+
+
+def test_no_memory_for_a_frame_buffer_costs_that_connection_only(start_server, monkeypatch,
+                                                                  caplog):
+    caplog.set_level(logging.INFO, logger="fastframe.orchestrator")
+    import fastframe.orchestrator.connection as connection_module
+
+    server = start_server()
+    large = sized_batch(4, 200_000)
+
+    def scarce(size=0):
+        if isinstance(size, int) and size > 100_000:
+            raise MemoryError()
+        return bytearray(size)
+
+    monkeypatch.setattr(connection_module, "bytearray", scarce, raising=False)
+    with Wire(server.address) as victim, Wire(server.address) as bystander:
+        victim.send(numbered_batch(1))
+        assert victim.ack() == SUCCESS
+        try:
+            victim.send(large)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert victim.read_until_closed() == b""
+        bystander.send(numbered_batch(2))
+        assert bystander.ack() == SUCCESS
+    monkeypatch.undo()
+    wait_for(lambda: server.orchestrator.budget.held == 0, "the budget to come back")
+    server.stop()
+    assert batch_numbers(server.sink.durable) == [1, 2]
+    assert log_lines(caplog, "error: resource: MemoryError")

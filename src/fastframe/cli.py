@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ from .client import Cancelled, Client, ClientError, SendSummary, read_table_csv
 from .errors import ProtocolError
 from .messages import DataBatch, EOFMessage, Finished, TableMessage, decode_frame
 from .orchestrator import Orchestrator
+from .orchestrator.admission import default_max_connections
 from .schema import (
     DEFAULT_MAX_FRAME, FRAME_HEADER_SIZE, MAX_BATCH_FRAME, TABLE_HEADER_SIZE, TABLES, BatchStatus,
 )
@@ -362,11 +364,34 @@ def _open_sink(url: str, fsync: str, queue_type: Optional[str]) -> Sink:
         raise CommandError(f"cannot open sink: {exc}") from None
 
 
+def _server_tls_context(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    """``serve``'s TLS context from --tls-cert/--tls-key/--tls-client-ca (``None``: plaintext)."""
+    from .orchestrator.tls import server_context
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CommandError("--tls-cert and --tls-key go together", USAGE)
+    if args.tls_client_ca and not args.tls_cert:
+        raise CommandError("--tls-client-ca needs --tls-cert and --tls-key", USAGE)
+    if not args.tls_cert:
+        return None
+    try:
+        return server_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise CommandError(f"TLS files: {exc}", USAGE) from None
+
+
 def _serve(args: argparse.Namespace, sink_url: str) -> int:
+    context = _server_tls_context(args)
     sink = _open_sink(sink_url, args.fsync, args.queue_type)
     try:
-        server = Orchestrator(sink, args.host, args.port, max_frame=args.max_frame,
-                              compat=args.compat, idle_timeout=args.idle_timeout)
+        server = Orchestrator(
+            sink, args.host, args.port, max_frame=args.max_frame, compat=args.compat,
+            max_connections=args.max_connections, max_buffer_bytes=args.max_buffer_bytes,
+            header_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
+            frame_timeout=args.frame_timeout, max_invalid=args.max_invalid, ssl_context=context)
+    except ValueError as exc:  # limits that do not fit together
+        sink.close()
+        raise CommandError(str(exc), USAGE) from None
     except OSError as exc:
         sink.close()
         raise CommandError(f"cannot listen on {_host_port(args.host, args.port)}: "
@@ -378,13 +403,31 @@ def _serve(args: argparse.Namespace, sink_url: str) -> int:
     return 0
 
 
+def _send_tls_context(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    """``send``'s TLS context from --tls-ca/--tls-cert/--tls-key (``None``: plaintext)."""
+    from .orchestrator.tls import client_context
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CommandError("--tls-cert and --tls-key go together", USAGE)
+    if not args.tls_ca:
+        if args.tls_cert:
+            raise CommandError("--tls-cert needs --tls-ca, the CA that signed the server's",
+                               USAGE)
+        return None
+    try:
+        return client_context(args.tls_ca, args.tls_cert, args.tls_key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise CommandError(f"TLS files: {exc}", USAGE) from None
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     folder = _data_folder(args.dir)
+    context = _send_tls_context(args)
     progress = TableProgress(sys.stderr)
     client = Client(args.server, args.agency_id, batch_rows=args.batch_rows,
                     max_batch_bytes=args.max_batch_bytes, window=args.window, progress=progress,
                     connect_attempts=args.connect_attempts,
-                    finished_ack=not args.no_finished_ack)
+                    finished_ack=not args.no_finished_ack, ssl_context=context)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _f: client.cancel(s))
     # The client's retries ("waiting for HOST:PORT ...") go to stderr as they happen.
@@ -627,10 +670,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "URL's queue_type, else classic)")
     p.add_argument("--max-frame", type=_integer(FRAME_HEADER_SIZE, _I32_MAX),
                    default=DEFAULT_MAX_FRAME, help="largest frame accepted, in bytes")
+    p.add_argument("--max-connections", type=count, default=None,
+                   help="connections open at once; a newcomer beyond is closed at once "
+                        f"(default: min(4096, fd limit - 64), here {default_max_connections()})")
+    p.add_argument("--max-buffer-bytes", type=count, default=64 * 2**20,
+                   help="frame bytes held across all connections")
+    p.add_argument("--header-timeout", type=_seconds, default=10.0,
+                   help="seconds for the TLS handshake and the first frame header")
+    p.add_argument("--frame-timeout", type=_seconds, default=30.0,
+                   help="seconds for each frame from its header to its last byte, waits for "
+                        "buffer budget included")
     p.add_argument("--idle-timeout", type=_seconds, default=60.0,
                    help="seconds a connection may stay silent between frames")
+    p.add_argument("--max-invalid", type=count, default=100,
+                   help="invalid frames in a row before the connection is closed")
     p.add_argument("--compat", action="store_true",
-                   help="write the original orchestrator's DataBatch header values")
+                   help="the original orchestrator's bytes: its DataBatch header values, "
+                        "and no answer to a stored FINISHED")
+    p.add_argument("--tls-cert", help="TLS: the server's certificate chain (PEM); "
+                                      "plaintext without it")
+    p.add_argument("--tls-key", help="TLS: the server certificate's private key (PEM)")
+    p.add_argument("--tls-client-ca", help="TLS: require client certificates signed by this CA "
+                                           "(PEM); the certificate's CN agency-N names the agency")
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info",
                    help="least severe log records shown")
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
@@ -660,6 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a server that never answers FINISHED (the original, or serve "
                         "--compat): count a close after FINISHED as success, which cannot tell "
                         "whether FINISHED was stored")
+    p.add_argument("--tls-ca", help="TLS: the CA that signed the orchestrator's certificate "
+                                    "(PEM); plaintext without it")
+    p.add_argument("--tls-cert", help="TLS: this agency's client certificate (PEM)")
+    p.add_argument("--tls-key", help="TLS: the client certificate's private key (PEM)")
     p.set_defaults(run=cmd_send)
 
     p = sub.add_parser("demo", help="generate, serve, send and check, end to end",

@@ -19,6 +19,7 @@ import csv
 import logging
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,7 +244,8 @@ class Client:
     def __init__(self, address: Tuple[str, int], agency_id: int, *, batch_rows: int = 50_000,
                  max_batch_bytes: int = MAX_BATCH_FRAME, window: int = 8, max_retries: int = 3,
                  connect_attempts: int = 10, backoff: float = 0.1, timeout: float = 60.0,
-                 progress: Optional[Progress] = None, finished_ack: bool = True) -> None:
+                 progress: Optional[Progress] = None, finished_ack: bool = True,
+                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
         # A batch of no rows (a header-only file, a CANCEL batch) must fit too.
         empty = FRAME_HEADER_SIZE + TABLE_HEADER_SIZE
         if not empty <= max_batch_bytes <= MAX_BATCH_FRAME:
@@ -262,6 +264,7 @@ class Client:
         self.timeout = timeout
         self.progress = progress
         self.finished_ack = finished_ack
+        self.ssl_context = ssl_context   # TLS to the orchestrator (orchestrator.tls.client_context)
         self._sock: Optional[socket.socket] = None
         self._in_flight: Deque[_Batch] = collections.deque()
         self._cancel_signal: Optional[int] = None
@@ -279,9 +282,18 @@ class Client:
         host, port = self.address
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         for attempt in range(1, self.connect_attempts + 1):
+            sock = None
             try:
                 sock = socket.create_connection(self.address, timeout=self.timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.ssl_context is not None:
+                    sock = self.ssl_context.wrap_socket(sock, server_hostname=self.address[0])
             except OSError as exc:
+                if sock is not None:
+                    sock.close()
+                if isinstance(exc, ssl.SSLCertVerificationError):  # no retry will change it
+                    raise ClientError(f"TLS with {self.address[0]}:{self.address[1]}: "
+                                      f"{exc.verify_message}") from exc
                 if attempt == self.connect_attempts:
                     raise ClientError(f"cannot connect to {where} "
                                       f"after {attempt} attempts: {exc}") from exc
@@ -293,7 +305,6 @@ class Client:
                     raise Cancelled(self._cancel_signal)
                 delay = min(delay * 2, _MAX_BACKOFF)
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock = sock
             return
 
@@ -497,7 +508,8 @@ class Client:
         """
         sock = self._open_socket()
         try:
-            sock.shutdown(socket.SHUT_WR)  # nothing more from us
+            if not isinstance(sock, ssl.SSLSocket):  # there it would end TLS, not our half
+                sock.shutdown(socket.SHUT_WR)  # nothing more from us
             return self._recv_ack(), ""
         except EOFError as exc:
             if not self.finished_ack:

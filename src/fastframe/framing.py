@@ -5,16 +5,10 @@ chunk the kernel has, never one per field — and hands out each frame's body
 as a ``memoryview`` into that buffer. ``FrameDecoder`` does the same for bytes
 fed to it (non-blocking and asyncio code). Both check every header against
 ``max_frame`` before reserving room for the body.
-
-A ``BufferPool`` shared by many readers bounds their memory: each keeps a
-small buffer of its own and borrows a frame-sized one only for a frame that
-does not fit in it, so N connections need N small buffers plus the pool, not
-N frame-sized buffers.
 """
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from typing import (
     TYPE_CHECKING, Any, Generic, Iterator, List, Literal, Optional, Tuple, overload,
@@ -37,54 +31,9 @@ else:
 
     _M = TypeVar("_M")
 
-__all__ = ["FrameReader", "FrameDecoder", "Frame", "BufferPool"]
+__all__ = ["FrameReader", "FrameDecoder", "Frame"]
 
 Frame = Tuple[int, memoryview]
-
-
-class BufferPool:
-    """``size`` buffers of ``max_frame + 5`` bytes (a whole frame), shared by readers.
-
-    ``acquire()`` blocks until one is free; ``release(buf)`` gives it back.
-    Buffers are allocated on first use, so an idle pool costs nothing.
-    """
-
-    def __init__(self, size: int, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        if size < 1:
-            raise ValueError(f"a pool needs at least one buffer, not {size}")
-        if max_frame < 0:
-            raise ValueError(f"max_frame must be >= 0, not {max_frame}")
-        self.size = size
-        self.max_frame = max_frame
-        self._free: List[bytearray] = []
-        self._made = 0
-        self._cond = threading.Condition()
-
-    @property
-    def available(self) -> int:
-        """Buffers that ``acquire()`` would get now without waiting."""
-        with self._cond:
-            return len(self._free) + self.size - self._made
-
-    def acquire(self) -> bytearray:
-        with self._cond:
-            while not self._free and self._made >= self.size:
-                self._cond.wait()
-            if self._free:
-                return self._free.pop()
-            self._made += 1
-        try:
-            return bytearray(self.max_frame + FRAME_HEADER_SIZE)
-        except BaseException:
-            with self._cond:
-                self._made -= 1
-                self._cond.notify()
-            raise
-
-    def release(self, buf: bytearray) -> None:
-        with self._cond:
-            self._free.append(buf)
-            self._cond.notify()
 
 
 class _Buffer:
@@ -101,14 +50,6 @@ class _Buffer:
         self.max_frame = max_frame
         self.wanted = FRAME_HEADER_SIZE  # bytes from ``start`` the next frame needs
 
-    def adopt(self, data: bytearray) -> None:
-        """Read from ``data`` from now on, the pending bytes moved to its start."""
-        pending = self.end - self.start
-        view = memoryview(data)
-        view[:pending] = self.view[self.start:self.end]
-        self.data, self.view = data, view
-        self.start, self.end = 0, pending
-
     def make_room(self, needed: int) -> None:
         """Ensure ``needed`` bytes fit from ``start``: slide the window down, or grow."""
         if self.start + needed <= len(self.data):
@@ -124,12 +65,9 @@ class _Buffer:
             self.view = memoryview(grown)
         self.start, self.end = 0, pending
 
-    def next_frame(self, grow: bool = True) -> Optional[Frame]:
-        """The next whole frame in the window, or ``None`` with ``wanted`` set.
-
-        Room is made for the frame, unless that means a bigger buffer and
-        ``grow`` is false (the caller then brings one, see ``adopt``).
-        """
+    def next_frame(self) -> Optional[Frame]:
+        """The next whole frame in the window, or ``None`` with ``wanted`` set
+        and room made for the frame."""
         pending = self.end - self.start
         if pending < FRAME_HEADER_SIZE:
             self.wanted = FRAME_HEADER_SIZE
@@ -139,8 +77,7 @@ class _Buffer:
         total = FRAME_HEADER_SIZE + length
         if pending < total:
             self.wanted = total
-            if grow or total <= len(self.data):
-                self.make_room(total)
+            self.make_room(total)
             return None
         body = self.view[self.start + FRAME_HEADER_SIZE:self.start + total]
         self.start += total
@@ -154,48 +91,15 @@ class FrameReader:
     valid until the next call; ``None`` when the peer closed between frames.
     A header that cannot be delimited raises ``ProtocolError`` (the stream is
     then unusable), a close inside a frame raises ``EOFError``.
-
-    With ``buffer_pool`` the reader's own buffer (``buffer_size``) never
-    grows: a frame that does not fit in it is read into a buffer borrowed
-    from the pool (``acquire`` may wait for one), given back at the start of
-    the next ``read_frame`` or at ``close()``.
     """
 
     def __init__(self, sock: Any, max_frame: int = DEFAULT_MAX_FRAME,
                  buffer_size: int = 256 * 1024, *, idle_timeout: Optional[float] = None,
-                 frame_timeout: Optional[float] = None,
-                 buffer_pool: Optional[BufferPool] = None) -> None:
-        if buffer_pool is not None and buffer_pool.max_frame < max_frame:
-            raise ValueError(f"the pool's buffers hold frames of {buffer_pool.max_frame} bytes, "
-                             f"not max_frame={max_frame}")
+                 frame_timeout: Optional[float] = None) -> None:
         self._sock = sock
         self._buf = _Buffer(buffer_size, max_frame)
         self._idle_timeout = idle_timeout
         self._frame_timeout = frame_timeout
-        self._pool = buffer_pool
-        self._own = self._buf.data   # the small buffer, while a pooled one is borrowed
-        self._pooled: Optional[bytearray] = None
-
-    def _give_back(self) -> None:
-        """Return the pooled buffer once what is pending fits the reader's own again."""
-        buf = self._buf
-        if buf.end - buf.start <= len(self._own):
-            pooled, self._pooled = self._pooled, None
-            buf.adopt(self._own)
-            self._pool.release(pooled)
-
-    def close(self) -> None:
-        """Give a borrowed pool buffer back (the last body returned is then invalid).
-
-        Only needed with ``buffer_pool``, when the reader is abandoned
-        mid-stream; the socket is the caller's to close.
-        """
-        if self._pooled is not None:
-            pooled, self._pooled = self._pooled, None
-            buf = self._buf
-            buf.data, buf.view = self._own, memoryview(self._own)
-            buf.start = buf.end = 0
-            self._pool.release(pooled)
 
     @property
     def max_frame(self) -> int:
@@ -221,32 +125,20 @@ class FrameReader:
         cannot hold the reader forever.
         """
         buf = self._buf
-        pool = self._pool
-        if self._pooled is not None:  # the last body is no longer needed
-            self._give_back()
         timed = self._idle_timeout is not None or self._frame_timeout is not None
         deadline = None
         while True:
-            frame = buf.next_frame(grow=pool is None)
+            frame = buf.next_frame()
             if frame is not None:
                 if deadline is not None:  # leave the socket as between frames
                     self._sock.settimeout(self._idle_timeout)
                 return frame
-            if buf.wanted > len(buf.data):  # too big for our own buffer: borrow one
-                waited = time.monotonic()
-                self._pooled = pool.acquire()
-                buf.adopt(self._pooled)
-                if deadline is not None:  # the wait is ours, not the peer's
-                    deadline += time.monotonic() - waited
             if timed:
                 if deadline is None and buf.end > buf.start and self._frame_timeout is not None:
                     deadline = time.monotonic() + self._frame_timeout
                 self._set_timeout(deadline)
-            # In a pooled buffer read this frame only, so it goes back once the
-            # frame is used; in our own, whatever the kernel has.
-            stop = buf.start + buf.wanted if self._pooled is not None else len(buf.data)
             try:
-                received = self._sock.recv_into(buf.view[buf.end:stop])
+                received = self._sock.recv_into(buf.view[buf.end:])
             except socket.timeout:
                 if not timed:
                     raise  # the caller's own socket timeout

@@ -1,0 +1,134 @@
+"""Admission control: how many connections, and how many frame bytes, at once.
+
+``ConnectionLimit`` caps open connections (nginx's ``worker_connections``,
+PostgreSQL's ``max_connections``): a newcomer beyond it is accepted and
+closed at once, and the refusals are logged at most once a second.
+``ByteBudget`` bounds the frame bytes held across all connections: a frame
+buffer is charged as it grows with the bytes that arrive, and released once
+the frame is answered. A request that does not fit waits, in arrival order
+but never behind a larger one that does not fit either, and the caller
+bounds the wait with its own deadline.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import resource
+import time
+from typing import Callable, Deque, Optional
+
+__all__ = ["ConnectionLimit", "ByteBudget", "default_max_connections", "descriptor_room"]
+
+log = logging.getLogger("fastframe.orchestrator")
+
+# Descriptors kept free for what is not a connection: the listener, the sink,
+# the event loop's own, log files, the executor.
+_FD_HEADROOM = 64
+_DEFAULT_MAX_CONNECTIONS = 4096
+_REFUSAL_LOG_INTERVAL = 1.0  # seconds between two "refused" log lines
+
+
+def descriptor_room() -> Optional[int]:
+    """Connections the descriptor limit leaves room for (``None``: no limit)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(1, soft - _FD_HEADROOM)
+
+
+def default_max_connections() -> int:
+    """``min(4096, RLIMIT_NOFILE soft limit - 64)``, at least 1."""
+    room = descriptor_room()
+    return _DEFAULT_MAX_CONNECTIONS if room is None else min(_DEFAULT_MAX_CONNECTIONS, room)
+
+
+class ConnectionLimit:
+    """At most ``maximum`` connections open; ``admit()`` says whether one more may be."""
+
+    def __init__(self, maximum: int) -> None:
+        if maximum < 1:
+            raise ValueError(f"max_connections must be >= 1, not {maximum}")
+        self.maximum = maximum
+        self.open = 0
+        self._unlogged = 0
+        self._logged_at = float("-inf")
+
+    def admit(self, peer: str) -> bool:
+        """Count one more connection, or refuse it (and log, rate-limited)."""
+        if self.open < self.maximum:
+            self.open += 1
+            return True
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= _REFUSAL_LOG_INTERVAL:
+            log.warning("action: accept | result: refused | reason: max_connections | "
+                        "max_connections: %d | peer: %s | refused_since_last_line: %d",
+                        self.maximum, peer, self._unlogged)
+            self._logged_at = now
+            self._unlogged = 0
+        return False
+
+    def release(self) -> None:
+        self.open -= 1
+
+
+class _Waiter:
+    __slots__ = ("size", "grant")
+
+    def __init__(self, size: int, grant: Callable[[], None]) -> None:
+        self.size = size
+        self.grant = grant
+
+
+class ByteBudget:
+    """``limit`` bytes shared by every connection's frame buffers (one event loop).
+
+    ``take(n)`` charges ``n`` bytes if they fit now; otherwise ``wait(n,
+    grant)`` queues the request and ``grant()`` is called once the bytes are
+    charged. ``release(n)`` gives bytes back and grants waiters that now fit.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"max_buffer_bytes must be >= 1, not {limit}")
+        self.limit = limit
+        self.held = 0
+        self._waiters: Deque[_Waiter] = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def take(self, n: int) -> bool:
+        if self.held + n <= self.limit:
+            self.held += n
+            return True
+        return False
+
+    def wait(self, n: int, grant: Callable[[], None]) -> object:
+        """Queue a request for ``n`` bytes; the returned handle goes to ``cancel``."""
+        waiter = _Waiter(n, grant)
+        self._waiters.append(waiter)
+        return waiter
+
+    def cancel(self, handle: Optional[object]) -> None:
+        """Withdraw a request (its deadline passed, its connection closed)."""
+        try:
+            self._waiters.remove(handle)  # type: ignore[arg-type]
+        except ValueError:
+            pass
+
+    def release(self, n: int) -> None:
+        self.held -= n
+        if not self._waiters:
+            return
+        # Whoever fits now goes now: a small frame never waits behind a large one.
+        granted = []
+        for waiter in self._waiters:
+            if self.held + waiter.size <= self.limit:
+                self.held += waiter.size
+                granted.append(waiter)
+        for waiter in granted:
+            self._waiters.remove(waiter)
+        for waiter in granted:
+            waiter.grant()

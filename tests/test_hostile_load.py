@@ -1,0 +1,534 @@
+"""The orchestrator under hostile and massive load (issue 9's targets).
+
+Each attack runs against ``fastframe serve`` as a subprocess (its own
+process, as in production: the attack costs it, not this test's client),
+on loopback, bounded in count and time. The measure of harm is a healthy
+agency: ``Client.send_folder`` of a small generated data set, timed with no
+attack and under attack in the same test, alternating, the medians
+compared (see ``typical``). No assertion is about raw speed, only that ratio; memory is read
+from ``/proc/PID/status`` (Linux; skipped elsewhere).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import select
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional
+
+import pytest
+
+from fastframe.client import Client
+from fastframe.datagen import generate
+from fastframe.messages import Finished, decode_frame
+from fastframe.schema import FRAME_HEADER_SIZE, MAX_BATCH_FRAME, Opcodes
+from helpers_system import free_port
+from test_faults import fastframe_command, stop_process, subprocess_env
+from test_orchestrator import (
+    FAIL, MENU, SOCKET_TIMEOUT, MemorySink, Server, sized_batch, wait_for,
+)
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
+                                reason="reads memory and descriptors from /proc (Linux)")
+
+MAX_SLOWDOWN = 1.5       # the healthy send under attack, against its baseline
+ROUNDS = 4               # baseline and attack alternate this many times ...
+RUNS_PER_ROUND = 2       # ... each timing this many sends
+CLAIMED = MAX_BATCH_FRAME - FRAME_HEADER_SIZE   # a header claiming a whole 1 MiB frame
+MIB = 2**20
+
+
+@pytest.fixture(scope="module")
+def healthy_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("hostile") / "data"
+    generate(folder, transactions=50_000, seed=9)
+    return folder
+
+
+# -- the server process ----------------------------------------------------------------
+
+def _status(pid: int, key: str) -> int:
+    """A kB field of /proc/PID/status, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+class ServeProcess:
+    """``fastframe serve`` on a free loopback port, its log in a file."""
+
+    def __init__(self, tmp: Path, *options: str,
+                 preexec: Optional[Callable[[], None]] = None) -> None:
+        self.port = free_port()
+        self.address = ("127.0.0.1", self.port)
+        self.sink = tmp / "sink.bin"
+        self.log = tmp / "serve.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                fastframe_command("serve", "--port", str(self.port), "--sink", f"file:{self.sink}",
+                                  "--fsync", "never", *options),
+                stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), preexec_fn=preexec)
+        wait_for(lambda: "action: listen | result: success" in self.log_text()
+                 or self.proc.poll() is not None, "fastframe serve to listen")
+        assert self.proc.poll() is None, self.log_text()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def rss(self) -> int:
+        return _status(self.proc.pid, "VmRSS")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM; it must exit 0 having logged no traceback."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(60) == 0, self.log_text()[-2000:]
+        assert "Traceback" not in self.log_text()
+
+    def kill(self) -> None:
+        stop_process(self.proc)
+
+
+@contextlib.contextmanager
+def serving(tmp: Path, *options: str, preexec=None) -> Iterator[ServeProcess]:
+    server = ServeProcess(tmp, *options, preexec=preexec)
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def healthy_send(address, folder: Path, agency_id: int = 1) -> float:
+    summary = Client(address, agency_id, timeout=SOCKET_TIMEOUT).send_folder(folder)
+    assert summary.retries == 0
+    return summary.seconds
+
+
+def compare(address, folder: Path, attack_on: Callable[[], None],
+            attack_off: Callable[[], None]) -> float:
+    """The median healthy send under attack over the median without, alternating rounds."""
+    healthy_send(address, folder)   # warm both sides up
+    baseline: List[float] = []
+    attacked: List[float] = []
+    for _ in range(ROUNDS):
+        baseline += [healthy_send(address, folder) for _ in range(RUNS_PER_ROUND)]
+        attack_on()
+        try:
+            attacked += [healthy_send(address, folder) for _ in range(RUNS_PER_ROUND)]
+        finally:
+            attack_off()
+    return typical(attacked) / typical(baseline)
+
+
+def typical(seconds: List[float]) -> float:
+    """The median of the faster half of the runs.
+
+    Other work on the machine only ever adds time, and comes and goes: the
+    faster runs are the ones that measured the server rather than the noise.
+    """
+    fastest = sorted(seconds)[:max(1, (len(seconds) + 1) // 2)]
+    return statistics.median(fastest)
+
+
+# -- attackers -------------------------------------------------------------------------
+
+def connect_many(address, n: int) -> List[socket.socket]:
+    socks = []
+    for _ in range(n):
+        socks.append(socket.create_connection(address, timeout=SOCKET_TIMEOUT))
+    return socks
+
+
+def still_open(sock: socket.socket) -> bool:
+    """The server has not closed ``sock`` (nothing to read: no EOF, no reset)."""
+    poller = select.poll()   # select() cannot watch descriptors past 1023
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(0):
+        return True
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except OSError:
+        return False
+
+
+class Attack:
+    """``n`` connections opened by ``on()`` and closed by ``off()``; ``start(sock)`` is
+    sent on each, and ``every(socks)`` called each ``period`` seconds while on."""
+
+    def __init__(self, address, n: int, start: bytes = b"",
+                 every: Optional[Callable[[List[socket.socket]], None]] = None,
+                 period: float = 1.0) -> None:
+        self.address, self.n, self.start = address, n, start
+        self.every, self.period = every, period
+        self.socks: List[socket.socket] = []
+        self.held_open = True   # every attacker was still connected when it was called off
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def on(self) -> None:
+        self.socks = connect_many(self.address, self.n)
+        for sock in self.socks:
+            if self.start:
+                sock.sendall(self.start)
+        self._stop.clear()
+        if self.every is not None:
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+        time.sleep(0.2)   # the server has read what they sent
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.period):
+            assert self.every is not None
+            self.every(self.socks)
+
+    def off(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(SOCKET_TIMEOUT)
+        self.held_open = self.held_open and all(still_open(s) for s in self.socks)
+        for sock in self.socks:
+            sock.close()
+        self.socks = []
+
+
+def _send_each(data: bytes) -> Callable[[List[socket.socket]], None]:
+    def send(socks: List[socket.socket]) -> None:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.send(data)
+    return send
+
+
+# == the targets ========================================================================
+
+def test_40_header_only_connections_do_not_slow_a_healthy_send(tmp_path, healthy_data):
+    with serving(tmp_path) as server:
+        attack = Attack(server.address, 40, start=struct.pack("<Bi", MENU.opcode, CLAIMED))
+        ratio = compare(server.address, healthy_data, attack.on, attack.off)
+        assert attack.held_open   # the attack lasted through every timed send
+        assert ratio <= MAX_SLOWDOWN, ratio
+        server.stop()
+
+
+@pytest.mark.slow
+def test_200_slowloris_connections_do_not_slow_a_healthy_send(tmp_path, healthy_data):
+    with serving(tmp_path) as server:
+        attack = Attack(server.address, 200, start=struct.pack("<Bi", MENU.opcode, CLAIMED),
+                        every=_send_each(b"x"), period=1.0)
+        ratio = compare(server.address, healthy_data, attack.on, attack.off)
+        assert attack.held_open
+        assert ratio <= MAX_SLOWDOWN, ratio
+        server.stop()
+
+
+@pytest.mark.slow
+def test_12_trickling_large_frames_do_not_slow_a_healthy_send(tmp_path, healthy_data):
+    large = sized_batch(1, 900_000)
+    assert 800_000 < len(large) <= MAX_BATCH_FRAME
+    trickled = [0]
+
+    def trickle(socks: List[socket.socket]) -> None:   # 2 KiB per connection each 50 ms
+        start = FRAME_HEADER_SIZE + trickled[0]
+        _send_each(large[start:start + 2048])(socks)
+        trickled[0] += 2048
+
+    def on() -> None:
+        trickled[0] = 0
+        attack.on()
+
+    with serving(tmp_path) as server:
+        attack = Attack(server.address, 12, start=large[:FRAME_HEADER_SIZE], every=trickle,
+                        period=0.05)
+        ratio = compare(server.address, healthy_data, on, attack.off)
+        assert attack.held_open
+        assert trickled[0] < len(large) // 2   # still trickling, far from done
+        assert ratio <= MAX_SLOWDOWN, ratio
+        server.stop()
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"needs {wanted} descriptors, the hard limit is {hard}")
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+@pytest.fixture
+def many_descriptors():
+    """This process, and the server it starts, may open 10,500 descriptors (restored after)."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _raise_fd_limit(10_500)
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+def _hold_idle(server: ServeProcess, n: int, during: Callable[[], None]) -> int:
+    """Open ``n`` idle connections (each accepted), call ``during``, close them; the
+    server's RSS while they were held."""
+    start_fds = server.open_fds()
+    idle: List[socket.socket] = []
+    try:
+        while len(idle) < n:   # in steps the listen backlog holds, each accepted
+            idle += connect_many(server.address, 500)
+            wait_for(lambda: server.open_fds() >= start_fds + len(idle),
+                     "the server to accept them")
+        held = server.rss()
+        during()
+        assert all(still_open(s) for s in idle)
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: server.open_fds() <= start_fds, "the server to close them all")
+    time.sleep(0.5)
+    return held
+
+
+@pytest.mark.slow
+def test_10000_idle_connections_cost_little_memory_and_no_speed(tmp_path, healthy_data,
+                                                                many_descriptors):
+    n = 10_000
+    attacked: List[float] = []
+    with serving(tmp_path, "--max-connections", str(n + 100), "--header-timeout", "300",
+                 "--idle-timeout", "300") as server:
+        baseline = [healthy_send(server.address, healthy_data) for _ in range(5)]
+        start_rss = server.rss()
+        held_rss = _hold_idle(server, n, lambda: attacked.extend(
+            healthy_send(server.address, healthy_data) for _ in range(5)))
+        end_rss = server.rss()
+        _hold_idle(server, n, lambda: None)   # the same again: nothing may pile up
+        again_rss = server.rss()
+        server.stop()
+    ratio = typical(attacked) / typical(baseline)
+    print(f"RSS {start_rss / MIB:.1f} MiB, {held_rss / MIB:.1f} MiB with {n} idle, "
+          f"{end_rss / MIB:.1f} MiB after, {again_rss / MIB:.1f} MiB after a second round; "
+          f"healthy send {ratio:.2f}x")
+    assert held_rss - start_rss <= 80 * MIB, (held_rss - start_rss) / MIB
+    assert ratio <= MAX_SLOWDOWN, ratio
+    # What the allocators keep after the first 10,000 (about 18-23 MiB here, the
+    # issue asks for 20: see the README) is reused, not added to, by the next.
+    assert again_rss - end_rss <= 5 * MIB, (again_rss - end_rss) / MIB
+
+
+def test_max_connections_refuses_the_excess_and_serves_once_they_close(tmp_path, healthy_data):
+    with serving(tmp_path, "--max-connections", "50") as server:
+        socks = connect_many(server.address, 300)
+        time.sleep(0.5)
+        open_now = [s for s in socks if still_open(s)]
+        assert len(open_now) == 50   # the first 50; the other 250 closed at once
+        assert server.alive()
+        for sock in socks:
+            sock.close()
+        healthy_send(server.address, healthy_data)
+        server.stop()
+        refusals = [line for line in server.log_text().splitlines()
+                    if "result: refused | reason: max_connections" in line]
+        assert 1 <= len(refusals) <= 5   # rate-limited, not one line per refusal
+
+
+def _limit_address_space() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (2_500_000 * 1024, 2_500_000 * 1024))
+
+
+@pytest.mark.slow
+def test_server_limited_to_2_5_gb_of_address_space_survives_1000_connections(
+        tmp_path, healthy_data):
+    with serving(tmp_path, preexec=_limit_address_space) as server:
+        header = struct.pack("<Bi", MENU.opcode, CLAIMED)
+        socks = connect_many(server.address, 1000)
+        try:
+            for i, sock in enumerate(socks):   # a third idle, a third headers, a third partial
+                if i % 3 == 1:
+                    sock.sendall(header)
+                elif i % 3 == 2:
+                    sock.sendall(header + b"x" * 1000)
+            time.sleep(1.0)
+            assert server.alive()
+            healthy_send(server.address, healthy_data)
+        finally:
+            for sock in socks:
+                sock.close()
+        healthy_send(server.address, healthy_data)
+        assert server.alive()
+        server.stop()
+
+
+# -- FINISHED swallowed by a proxy -----------------------------------------------------
+
+class SwallowingProxy:
+    """Forwards to ``upstream``; the first FINISHED a client sends is not forwarded, and
+    that client's connection is closed gracefully instead."""
+
+    def __init__(self, upstream) -> None:
+        self.upstream = upstream
+        self.swallowed = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()[:2]
+        self.threads: List[threading.Thread] = []
+        self._spawn(self._accept)
+
+    def _spawn(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream, timeout=SOCKET_TIMEOUT)
+            client.settimeout(SOCKET_TIMEOUT)
+            self._spawn(self._answers, server, client)
+            self._spawn(self._frames, client, server)
+
+    @staticmethod
+    def _answers(server: socket.socket, client: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data = server.recv(65536)
+                if not data:
+                    break
+                client.sendall(data)
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_WR)
+
+    def _frames(self, client: socket.socket, server: socket.socket) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            while True:
+                header = _recv_exactly(client, FRAME_HEADER_SIZE)
+                body = _recv_exactly(client, struct.unpack_from("<i", header, 1)[0])
+                if header[0] == Opcodes.FINISHED and self.swallowed == 0:
+                    self.swallowed += 1
+                    server.close()   # FINISHED never reaches the orchestrator
+                    client.shutdown(socket.SHUT_RDWR)   # the client sees a clean close
+                    client.close()
+                    return
+                server.sendall(header + body)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+_FINISHED_ANSWERED = "finished_ack" in Client.__init__.__code__.co_varnames
+
+
+@pytest.mark.xfail(not _FINISHED_ANSWERED, strict=True,
+                   reason="the client that waits for FINISHED's answer is another branch of "
+                          "issue 9 (item 5): until then a clean close counts as success")
+def test_a_swallowed_finished_never_passes_for_stored(tmp_path):
+    data = tmp_path / "data"
+    generate(data, transactions=200, seed=4)
+    sink = MemorySink()
+    server = Server(sink)
+    proxy = SwallowingProxy(server.address)
+    try:
+        outcome: Optional[BaseException] = None
+        try:
+            Client(proxy.address, 31, timeout=SOCKET_TIMEOUT, backoff=0.01).send_folder(data)
+        except Exception as exc:   # an error is an honest outcome; success must be true
+            outcome = exc
+    finally:
+        proxy.close()
+        server.stop()
+    assert proxy.swallowed == 1
+    stored = [decode_frame(f).batch_msg for f in sink.durable]
+    if outcome is None:
+        assert Finished(31) in stored, "the client reported success, FINISHED is not stored"
+    assert outcome is None   # resent on a new connection, it went through
+
+
+# -- invalid frames --------------------------------------------------------------------
+
+def _flood(address, frames: bytes, answers: int) -> bytes:
+    """Send ``frames`` on one connection while reading up to ``answers`` answers."""
+    with socket.create_connection(address, timeout=SOCKET_TIMEOUT) as sock:
+        got = bytearray()
+
+        def read() -> None:
+            with contextlib.suppress(OSError):
+                while len(got) < 5 * answers:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    got.extend(chunk)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        with contextlib.suppress(OSError):
+            sock.sendall(frames)
+        reader.join(60)
+        assert not reader.is_alive()
+    return bytes(got)
+
+
+INVALID_FRAME = struct.pack("<Bi", Opcodes.FINISHED, 3) + b"\x01\x00\x00"   # 3-byte FINISHED
+
+
+@pytest.mark.parametrize("max_invalid, answered", [(200_000, 100_000), (100, 100)],
+                         ids=["all-answered", "default-max-invalid"])
+def test_100000_invalid_frames_log_at_most_100_lines(tmp_path, max_invalid, answered):
+    with serving(tmp_path, "--max-invalid", str(max_invalid)) as server:
+        got = _flood(server.address, INVALID_FRAME * 100_000, 100_000)
+        # Closed with frames unread, the kernel may reset the connection, and
+        # a reset may discard answers not yet read: all FAILs, up to ``answered``.
+        assert got == FAIL * (len(got) // 5) and len(got) <= 5 * answered
+        if answered == 100_000:
+            assert len(got) == 5 * answered
+        wait_for(lambda: "action: close" in server.log_text(), "the connection to be closed")
+        server.stop()
+        log = server.log_text().splitlines()
+    lines = [line for line in log if "| conn: 1 |" in line or line.endswith("| conn: 1")]
+    assert len(lines) <= 100, len(lines)
+    assert any(f"| invalid: {answered}" in line for line in lines)
+
+
+def _few_descriptors() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def test_out_of_descriptors_at_accept_the_server_goes_on(tmp_path, healthy_data):
+    # --max-connections above what the descriptor limit allows: accept() itself fails.
+    with serving(tmp_path, "--max-connections", "1000", preexec=_few_descriptors) as server:
+        assert "are dropped at accept; raise the limit" in server.log_text()   # said at start
+        socks = connect_many(server.address, 400)
+        try:
+            wait_for(lambda: server.open_fds() >= 190, "the server to run out of descriptors")
+            time.sleep(0.5)
+            assert server.alive()
+        finally:
+            for sock in socks:
+                sock.close()
+        healthy_send(server.address, healthy_data)   # accepting again once they are gone
+        assert server.alive()
+        server.stop()
+    # asyncio's loop logs each failed accept (one line, no traceback); uvloop says nothing.
+    errors = [line for line in server.log_text().splitlines() if "result: fail" in line]
+    assert all("Too many open files" in line for line in errors), errors[:3]
