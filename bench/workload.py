@@ -39,9 +39,11 @@ SEED = 20240601
 TRANSACTIONS = 40_000
 BENCH_TABLES = ("transactions", "transaction_items")
 SRC = Path(fastframe.__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FASTFRAME_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-GOLDEN = SHARED / "conformance" / "golden"
-SAMPLE_DATA = SHARED / "conformance" / "sample_data"
+# The original system's bytes (tests/data/README.md), as the tests find them.
+CONFORMANCE = Path(os.environ.get("FASTFRAME_CONFORMANCE",
+                                  Path(__file__).resolve().parents[1] / "tests" / "data"))
+GOLDEN = CONFORMANCE / "golden"
+SAMPLE_DATA = CONFORMANCE / "sample_data"
 CACHE = Path(tempfile.gettempdir()) / "fastframe-bench"
 
 
