@@ -18,7 +18,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tracemalloc
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -30,6 +29,18 @@ from fastframe import DataBatch, FrameDecoder, FrameReader, NewUsers, decode_fra
 from fastframe.errors import ProtocolError
 from fastframe.schema import DEFAULT_MAX_FRAME, TABLES, TABLES_BY_NAME
 from wire import frame, protocol_error, sample_rows
+
+try:
+    import tracemalloc
+except ImportError:  # PyPy has none
+    tracemalloc = None  # type: ignore[assignment]
+
+# PyPy has neither tracemalloc nor reference counts (its GC moves objects);
+# there the address-space test below bounds the memory hostile inputs cost.
+needs_tracemalloc = pytest.mark.skipif(
+    tracemalloc is None, reason="no tracemalloc on this interpreter (PyPy)")
+needs_refcounts = pytest.mark.skipif(
+    not hasattr(sys, "getrefcount"), reason="no reference counts on this interpreter (PyPy)")
 
 LIMIT = 1 << 20  # peak traced bytes allowed while refusing a hostile input
 BIG = 2**31 - 1
@@ -187,6 +198,7 @@ def _needs(codec: Any, call_id: str) -> None:
         pytest.fail(f"{codec.__name__} has no decode_columns; the pure codec has")
 
 
+@needs_tracemalloc
 @pytest.mark.parametrize("call,message,opcode",
                          [pytest.param(*case[1:], id=case[0]) for case in HOSTILE])
 def test_hostile_length_refused_before_allocating(codec, request, call, message, opcode):
@@ -200,6 +212,7 @@ def test_hostile_length_refused_before_allocating(codec, request, call, message,
     assert peak < LIMIT, f"{peak} bytes traced while refusing it"
 
 
+@needs_tracemalloc
 def test_tracemalloc_sees_a_large_decode(codec):
     """The bound above can fail: decoding a 4,000-row batch peaks over ``LIMIT`` on either codec."""
     rows = sample_rows(USERS, 4000)
@@ -236,7 +249,7 @@ print(len(cases), failed)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 @pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""),
                     reason="AddressSanitizer reserves terabytes of address space")
-@pytest.mark.parametrize("impl", ["c", "python"])
+@pytest.mark.parametrize("impl", [pytest.param("c", marks=pytest.mark.needs_extension), "python"])
 def test_hostile_inputs_under_an_address_space_limit(impl):
     """The same cases with the address space capped at 256 MiB over what the child has mapped.
 
@@ -307,6 +320,7 @@ def _decode_quietly(codec: Any, case: tuple) -> Any:
         return None
 
 
+@needs_tracemalloc
 def test_many_small_decodes_keep_memory_flat(codec):
     """100,000 decodes, valid and failing ones, leave the interpreter's memory where it was.
 
@@ -352,6 +366,7 @@ def test_many_small_decodes_keep_memory_flat(codec):
         assert kept_blocks > 5000, kept_blocks
 
 
+@needs_refcounts
 def test_key_references_are_not_leaked(codec):
     """The key strings rows share: the table's own objects, held while results live, released after.
 
