@@ -53,7 +53,7 @@ fi
 
 # On PyPy the system tests (orchestrator, CLI, faults, load) are left
 # out: its pure codec decodes a DataBatch in superlinear time there (1,000 rows
-# take over 15 s), so they would not finish. The codec's own tests all run.
+# take over 15 s), so they would not finish. The codec and client tests run.
 PYPY_LEAVES_OUT=(--ignore=test_cli.py --ignore=test_end_to_end.py
                  --ignore=test_faults.py --ignore=test_load.py --ignore=test_orchestrator.py)
 
