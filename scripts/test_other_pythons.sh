@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The suite on the other Pythons fastframe claims, each in its own venv with
 # the package built from source: scripts/test.sh with PYTHON set, both codecs
-# on CPython, the pure codec on PyPy (less the system tests, below), no fuzz
-# run (the 3.11 run of scripts/test.sh has it).
+# on CPython, the pure codec on PyPy (where tests/conftest.py skips the system
+# tests, with the reason), no fuzz run (the 3.11 run of scripts/test.sh has it).
 #
 #     bash scripts/test_other_pythons.sh [PYTHON...]
 #
@@ -51,20 +51,10 @@ else
   pythons+=("$python")
 fi
 
-# On PyPy the system tests (orchestrator, CLI, faults, load) are left
-# out: its pure codec decodes a DataBatch in superlinear time there (1,000 rows
-# take over 15 s), so they would not finish. The codec and client tests run.
-PYPY_LEAVES_OUT=(--ignore=test_cli.py --ignore=test_end_to_end.py
-                 --ignore=test_faults.py --ignore=test_load.py --ignore=test_orchestrator.py)
-
 failed=()
 for python in "${pythons[@]}"; do
   start=$SECONDS
-  args=()
-  if [ "$("$python" -c 'import platform; print(platform.python_implementation())')" = PyPy ]; then
-    args=("${PYPY_LEAVES_OUT[@]}")
-  fi
-  if PYTHON=$python FASTFRAME_FUZZ_SECONDS=0 bash scripts/test.sh "${args[@]}"; then
+  if PYTHON=$python FASTFRAME_FUZZ_SECONDS=0 bash scripts/test.sh; then
     log "$python: passed in $((SECONDS - start)) s"
   else
     log "$python: FAILED after $((SECONDS - start)) s"
