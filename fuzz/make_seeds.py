@@ -1,6 +1,6 @@
 """Writes the fuzz seed corpus (fuzz/seeds/) and dictionary (fuzz/fastframe.dict).
 
-Seeds are real frames from the conformance captures (../shared/conformance, or
+Seeds are real frames from the conformance captures (tests/data, or
 $FASTFRAME_CONFORMANCE), kept small: the sample capture's frames and the whole
 capture as one stream, the golden DataBatch frames, and the big golden frames
 cut to their first rows (raw row bytes kept, so the Go client's key order
@@ -27,7 +27,7 @@ os.environ.setdefault("FASTFRAME_PUREPYTHON", "1")
 from fastframe import _codec_py as codec  # noqa: E402
 from fastframe.schema import EOF_KEY, TABLES, TABLES_BY_OPCODE  # noqa: E402
 
-CONFORMANCE = Path(os.environ.get("FASTFRAME_CONFORMANCE", REPO.parent / "shared" / "conformance"))
+CONFORMANCE = Path(os.environ.get("FASTFRAME_CONFORMANCE", REPO / "tests" / "data"))
 SEEDS = HERE / "seeds"
 DICTIONARY = HERE / "fastframe.dict"
 ROWS_KEPT = 3

@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
 # Sets up and runs the whole test suite: a virtual environment with the
 # package built from source (the Cython extension included) and its test
-# extras, a RabbitMQ broker on loopback for the sink tests, then the suite
-# twice: on the default (Cython) codec and on the pure-Python one.
+# extras, a RabbitMQ broker on loopback for the sink tests, then the suite on
+# the default (Cython) codec, a short differential fuzz run of both codecs,
+# and the suite again on the pure-Python codec.
+#
+#     bash scripts/test.sh [PYTEST ARGS...]
+#
+# PYTHON=/path/to/python runs it on that interpreter, in its own venv
+# (.venv-<implementation><version>; VENV=DIR overrides). On an interpreter
+# other than CPython the package is pure by design (setup.py): the suite runs
+# once, on the pure codec, and its Cython cases skip with that reason.
+# FASTFRAME_FUZZ_SECONDS (default 90; 0 leaves it out) sets the fuzz run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV=$(realpath -m "${VENV:-.venv}")
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q ".[test]"
+if [ -n "${PYTHON:-}" ]; then
+  tag=$("$PYTHON" -c 'import sys; print("%s%d.%d" % ((sys.implementation.name,) + sys.version_info[:2]))')
+  VENV=$(realpath -m "${VENV:-.venv-$tag}")
+else
+  PYTHON=python3
+  VENV=$(realpath -m "${VENV:-.venv}")
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
+"$PY" -m pip install -q --upgrade pip
+"$PY" -m pip install -q ".[test]"
+expected=$("$PY" -c 'import platform; print("c" if platform.python_implementation() == "CPython" else "python")')
 
 # The sinks' RabbitMQ tests need a broker. In CI they must run; elsewhere
 # they run when this machine can install one (root with apt) and skip otherwise.
@@ -28,11 +44,17 @@ fi
 # Leave the source tree so the tests import the installed package.
 cd tests
 impl=$("$PY" -c "import fastframe; print(fastframe.__impl__)")
-if [ "$impl" != "c" ]; then
-  echo "test.sh: the default codec is '$impl', expected the Cython one ('c')" >&2
+if [ "$impl" != "$expected" ]; then
+  echo "test.sh: the default codec is '$impl', expected '$expected' on $("$PY" -V 2>&1)" >&2
   exit 1
 fi
-echo "== test suite, default codec (Cython) =="
+if [ "$expected" = python ]; then
+  echo "== test suite, $("$PY" -V 2>&1 | head -n 1): pure-Python codec only =="
+  "$PY" -m pytest -q -p no:cacheprovider "$@" .
+  exit 0
+fi
+
+echo "== test suite, $("$PY" -V 2>&1), default codec (Cython) =="
 "$PY" -m pytest -q -p no:cacheprovider "$@" .
 # A short coverage-guided differential fuzz run of both codecs (fuzz/README.md
 # has the long run); FASTFRAME_FUZZ_SECONDS=0 leaves it out.
@@ -43,5 +65,5 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
   PYTHON="$PY" bash ../fuzz/run.sh "$FUZZ_SECONDS"
 fi
 
-echo "== test suite, FASTFRAME_PUREPYTHON=1 =="
+echo "== test suite, $("$PY" -V 2>&1), FASTFRAME_PUREPYTHON=1 =="
 FASTFRAME_PUREPYTHON=1 "$PY" -m pytest -q -p no:cacheprovider "$@" .

@@ -1,4 +1,4 @@
-"""The codec against real bytes of the original system (conformance/README.md)."""
+"""The codec against real bytes of the original system (data/README.md)."""
 from __future__ import annotations
 
 import hashlib

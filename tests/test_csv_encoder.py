@@ -343,7 +343,10 @@ def test_bad_opcode_and_data(codec):
         codec.encode_csv_batch(3, b"", 0, 1, ALL, 4, 1, 10, 1000)
     with pytest.raises(TypeError) as info:
         encode(codec, "1,a,b,c\n")
-    assert str(info.value) == "memoryview: a bytes-like object is required, not 'str'"
+    # The interpreter's own words for it (CPython's and PyPy's differ), on both codecs.
+    with pytest.raises(TypeError) as expected:
+        memoryview("1,a,b,c\n")  # type: ignore[arg-type]
+    assert str(info.value) == str(expected.value)
 
 
 def test_huge_numbers_saturate_without_changing_results(codec):

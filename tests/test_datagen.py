@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import fastframe
 from fastframe.client import read_table_csv
 from fastframe.datagen import HEADERS, MONTHS, SKIPPED_HEADERS, generate
 from fastframe.schema import TABLES
@@ -66,8 +67,10 @@ def test_same_seed_gives_same_bytes_in_another_process(dataset, tmp_path):
     # A different hash seed would expose any dependence on set or dict ordering.
     script = ("import sys; from fastframe.datagen import generate; "
               f"generate(sys.argv[1], transactions={TRANSACTIONS}, seed={SEED})")
+    # The child imports the fastframe under test (installed, or the source tree), not ../src.
+    package_root = str(Path(fastframe.__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONHASHSEED="12345",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[1] / "src"),
+               PYTHONPATH=os.pathsep.join(filter(None, [package_root,
                                                         os.environ.get("PYTHONPATH")])))
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=env)
     assert tree_digest(tmp_path) == tree_digest(root)

@@ -28,9 +28,8 @@ from wire import eof_body, frame, sample_rows, split_frames, table_body
 FINISHED_7 = b"\x03\x04\x00\x00\x00\x07\x00\x00\x00"
 
 
-# The capture (``sample_c2s``, conftest.py) comes through fixtures, never at
-# import: without the conformance data this module still collects, and only
-# the tests that use it are marked ``conformance``.
+# The capture (``sample_c2s``, conftest.py) comes through fixtures, read once
+# and only by the tests that ask for it.
 @pytest.fixture(scope="module")
 def sample_split(sample_c2s) -> List[Tuple[int, bytes]]:
     return split_frames(sample_c2s)

@@ -1,7 +1,8 @@
 """Which codec ``import fastframe`` picks (fastframe/codec.py), each case in a fresh interpreter.
 
 The default must be the Cython extension: ``test_default_is_the_extension``
-fails, never skips, when it has not been built.
+fails when it has not been built; it skips (``needs_extension``, conftest.py)
+only where the package is pure by design (PyPy, FASTFRAME_NO_EXTENSIONS=1).
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def import_error(code: str = REPORT, **settings: str) -> str:
     return last
 
 
+@pytest.mark.needs_extension
 def test_default_is_the_extension():
     assert impl_of() == ["c", "c", "fastframe._codec_c"]
 
@@ -87,6 +89,7 @@ def test_pure_python_on_request(settings):
     {"FASTFRAME_PUREPYTHON": "0"},
     {"FASTFRAME_PUREPYTHON": ""},
 ], ids=["impl-c", "impl-upper-c", "impl-c-pure-0", "pure-0", "pure-empty"])
+@pytest.mark.needs_extension
 def test_extension_on_request(settings):
     assert impl_of(**settings) == ["c", "c", "fastframe._codec_c"]
 
@@ -111,6 +114,7 @@ def test_default_without_the_extension_falls_back_to_python():
     assert impl_of(BLOCK_EXTENSION + REPORT) == ["python", "python", "fastframe._codec_py"]
 
 
+@pytest.mark.needs_extension
 def test_codec_functions_come_from_the_chosen_implementation():
     code = textwrap.dedent("""
         import fastframe.codec as codec

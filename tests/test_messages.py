@@ -102,11 +102,8 @@ def expected_eof_frame(batch_number: int, table_type: str) -> bytes:
 
 # -- the conformance data, through fixtures --------------------------------------
 #
-# Never read at import: without the data this module still collects, and only
-# the tests that ask for these fixtures (all built on ``conformance_dir``) are
-# marked ``conformance``. A parameter that needs the data in a test whose other
-# parameters do not is a ``conformance_param``: marked by hand, and fetched with
-# ``request.getfixturevalue`` when it runs, so the other parameters run without it.
+# Never read at import: a parameter built from the data is a function of
+# ``request.getfixturevalue``, called when its test runs.
 
 @pytest.fixture(scope="module")
 def sample_frames(sample_c2s) -> List[bytes]:
@@ -131,11 +128,6 @@ def golden(conformance_dir) -> Callable[[str, str], Tuple[Dict[str, Any], bytes,
         return (vector, (base / vector["input_file"]).read_bytes(),
                 (base / vector["databatch_file"]).read_bytes())
     return load
-
-
-def conformance_param(*values: Any, id: str) -> Any:
-    """A parameter built from the conformance data (by a function of ``getfixturevalue``)."""
-    return pytest.param(*values, id=id, marks=pytest.mark.conformance)
 
 
 def expected_rows(table: str, input_frame: bytes, keep: Optional[List[str]] = None) -> list:
@@ -550,7 +542,7 @@ def test_table_message_write_to(codec, link, table):
     assert recv_msg(link.sock) == msg
 
 
-@pytest.mark.parametrize("batch_number", [conformance_param(0, id="0"), 1, 12, -1, 2**63 - 1,
+@pytest.mark.parametrize("batch_number", [pytest.param(0, id="0"), 1, 12, -1, 2**63 - 1,
                                           -2**63])
 @pytest.mark.parametrize("table", TABLE_NAMES)
 def test_eof_message_create_to_bytes(codec, link, request, table, batch_number):
@@ -855,14 +847,14 @@ def test_invalid_construction_raises_value_error(codec, make):
 def _read_from_cases():
     cases = []
     for table in TABLE_NAMES:
-        cases.append(conformance_param(
+        cases.append(pytest.param(
             TABLE_CLASSES[table][0], lambda get, t=table: get("golden")("golden_sample", t)[1],
             id=table))
-        cases.append(conformance_param(
+        cases.append(pytest.param(
             DataBatch, lambda get, t=table: get("golden")("golden_sample", t)[2],
             id=f"databatch-{table}"))
     cases += [
-        conformance_param(EOFMessage, lambda get: get("sample_eof")["transactions"], id="eof"),
+        pytest.param(EOFMessage, lambda get: get("sample_eof")["transactions"], id="eof"),
         pytest.param(Finished, lambda get: FINISHED_7, id="finished"),
         pytest.param(BatchRecvSuccess, lambda get: b"\x01\x00\x00\x00\x00", id="ack-success"),
         pytest.param(BatchRecvFail, lambda get: b"\x02\x00\x00\x00\x00", id="ack-fail"),
@@ -905,11 +897,11 @@ def test_read_from_negative_length(codec, link, cls):
 
 
 @pytest.mark.parametrize("cls,data", [
-    conformance_param(NewMenuItems, lambda get: get("sample_frames")[0], id="table"),
-    conformance_param(EOFMessage, lambda get: get("sample_frames")[1], id="eof"),
+    pytest.param(NewMenuItems, lambda get: get("sample_frames")[0], id="table"),
+    pytest.param(EOFMessage, lambda get: get("sample_frames")[1], id="eof"),
     pytest.param(Finished, lambda get: FINISHED_7, id="finished"),
-    conformance_param(DataBatch, lambda get: get("golden")("golden_sample", "users")[2],
-                      id="databatch"),
+    pytest.param(DataBatch, lambda get: get("golden")("golden_sample", "users")[2],
+                 id="databatch"),
 ])
 def test_read_from_peer_closes_mid_body(codec, link, request, cls, data):
     data = data(request.getfixturevalue)
@@ -922,10 +914,10 @@ def test_read_from_peer_closes_mid_body(codec, link, request, cls, data):
 # -- decode_frame ----------------------------------------------------------------
 
 def _all_frames():
-    frames = [conformance_param(lambda get, i=i: get("sample_frames")[i], id=f"sample-{i}")
+    frames = [pytest.param(lambda get, i=i: get("sample_frames")[i], id=f"sample-{i}")
               for i in range(SAMPLE_FRAME_COUNT)]
-    frames += [conformance_param(lambda get, t=t: get("golden")("golden_sample", t)[2],
-                                 id=f"databatch-{t}")
+    frames += [pytest.param(lambda get, t=t: get("golden")("golden_sample", t)[2],
+                            id=f"databatch-{t}")
                for t in TABLE_NAMES]
     frames += [pytest.param(lambda get: b"\x02\x00\x00\x00\x00", id="ack-fail")]
     return frames
@@ -947,7 +939,7 @@ def test_decode_frame_equals_recv_msg(codec, link, request, data, kind):
     pytest.param(lambda f: f[:5], id="header-only"),
 ])
 @pytest.mark.parametrize("data", [
-    conformance_param(lambda get: get("sample_frames")[2], id="stores"),
+    pytest.param(lambda get: get("sample_frames")[2], id="stores"),
     pytest.param(lambda get: FINISHED_7, id="finished"),
 ])
 def test_decode_frame_length_mismatch(codec, request, data, mangle):

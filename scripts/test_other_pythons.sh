@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The suite on the other Pythons fastframe claims, each in its own venv with
+# the package built from source: scripts/test.sh with PYTHON set, both codecs
+# on CPython, the pure codec on PyPy (where tests/conftest.py skips the system
+# tests, with the reason), no fuzz run (the 3.11 run of scripts/test.sh has it).
+#
+#     bash scripts/test_other_pythons.sh [PYTHON...]
+#
+# Without arguments: CPython 3.9, 3.12 and 3.13 from pyenv ($PYENV_ROOT,
+# default ~/.pyenv, the newest patch release of each) and Debian's pypy3
+# (installed with apt-get when missing). A missing interpreter is an error:
+# a version is claimed only where it is proven.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'test_other_pythons.sh: %s\n' "$*" >&2; }
+
+# The newest pyenv install of CPython $1 (e.g. 3.12).
+pyenv_python() {
+  local found
+  found=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}/versions/$1".* 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$found" ] || [ ! -x "$found/bin/python" ]; then
+    log "no CPython $1 in ${PYENV_ROOT:-$HOME/.pyenv}/versions (pyenv install $1)"
+    return 1
+  fi
+  echo "$found/bin/python"
+}
+
+# Debian's PyPy, installed when missing (it takes about 15 s here).
+debian_pypy() {
+  if ! command -v pypy3 >/dev/null; then
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    log "installing pypy3"
+    $sudo env DEBIAN_FRONTEND=noninteractive timeout 300 apt-get update -q >/dev/null
+    $sudo env DEBIAN_FRONTEND=noninteractive timeout 300 \
+      apt-get install -y -q --no-install-recommends pypy3 >/dev/null
+  fi
+  command -v pypy3
+}
+
+if [ "$#" -gt 0 ]; then
+  pythons=("$@")
+else
+  pythons=()
+  for version in 3.9 3.12 3.13; do
+    python=$(pyenv_python "$version")
+    pythons+=("$python")
+  done
+  python=$(debian_pypy)
+  pythons+=("$python")
+fi
+
+failed=()
+for python in "${pythons[@]}"; do
+  start=$SECONDS
+  if PYTHON=$python FASTFRAME_FUZZ_SECONDS=0 bash scripts/test.sh; then
+    log "$python: passed in $((SECONDS - start)) s"
+  else
+    log "$python: FAILED after $((SECONDS - start)) s"
+    failed+=("$python")
+  fi
+done
+if [ "${#failed[@]}" -gt 0 ]; then
+  log "failed on: ${failed[*]}"
+  exit 1
+fi
