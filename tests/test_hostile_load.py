@@ -437,12 +437,6 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-_FINISHED_ANSWERED = "finished_ack" in Client.__init__.__code__.co_varnames
-
-
-@pytest.mark.xfail(not _FINISHED_ANSWERED, strict=True,
-                   reason="the client that waits for FINISHED's answer is another branch of "
-                          "issue 9 (item 5): until then a clean close counts as success")
 def test_a_swallowed_finished_never_passes_for_stored(tmp_path):
     data = tmp_path / "data"
     generate(data, transactions=200, seed=4)
