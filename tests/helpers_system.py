@@ -35,10 +35,13 @@ import contextlib
 import csv
 import select
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import pytest
 
 import fastframe.codec
 from fastframe.messages import decode_message
@@ -53,6 +56,12 @@ __all__ = [
 
 # Every blocking step of a test has this bound, so a hung peer fails instead of hanging.
 TIMEOUT = 20.0
+
+# For tests that stop a fastframe process with SIGTERM and expect it to wind
+# down: Windows has no such signal to deliver, only TerminateProcess.
+needs_sigterm = pytest.mark.skipif(
+    sys.platform == "win32",
+    reason="Windows terminates the process instead of delivering SIGTERM to its handler")
 
 # -- the fake orchestrator -------------------------------------------------------------
 

@@ -29,7 +29,9 @@ from fastframe.messages import decode_frame
 from fastframe.orchestrator import Orchestrator
 from fastframe.schema import TABLE_OPCODES, BatchStatus, Opcodes
 from fastframe.sinks.file import FileSink, read_frames
-from helpers_system import TIMEOUT, FakeServer, csv_table_rows, free_port, running, write_dataset
+from helpers_system import (
+    TIMEOUT, FakeServer, csv_table_rows, free_port, needs_sigterm, running, write_dataset,
+)
 
 SAMPLE_TYPES = ["NewMenuItems", "EOFMessage", "NewStores", "EOFMessage", "NewTransactionItems",
                 "EOFMessage", "NewTransactions", "EOFMessage", "NewUsers", "EOFMessage",
@@ -252,6 +254,7 @@ def test_send_bad_data_is_one_error_line(tmp_path, capsys, keep_signal_handlers)
     assert_one_error_line(capsys.readouterr().err, "fastframe send", "users_1.csv", "birthdate")
 
 
+@needs_sigterm
 def test_send_is_cancelled_by_sigterm(tmp_path):
     """SIGTERM while waiting for an ACK: a CANCEL batch goes out, exit status 128 + 15."""
     write_dataset(tmp_path, {t: [3] for t in SAMPLE_ROWS})
@@ -287,6 +290,7 @@ def test_send_is_cancelled_by_sigterm(tmp_path):
     assert not any(g.opcode == Opcodes.FINISHED for g in server.frames)
 
 
+@needs_sigterm
 def test_serve_then_send(tmp_path):
     """``fastframe serve`` in a subprocess takes a client's data and stops on SIGTERM."""
     write_dataset(tmp_path / "data", {"stores": [5], "transactions": [4, 4]})
@@ -484,6 +488,7 @@ def test_send_to_a_closed_port_says_what_it_waits_for(tmp_path, capsys, keep_sig
                           f"cannot connect to 127.0.0.1:{port} after 3 attempts")
 
 
+@needs_sigterm
 def test_send_stops_waiting_for_a_closed_port_on_sigint(tmp_path):
     write_dataset(tmp_path, {"users": [3]})
     port = free_port()
@@ -692,6 +697,7 @@ def test_send_to_a_bracketed_ipv6_server(tmp_path, capsys, keep_signal_handlers,
     assert opcodes[-1] == Opcodes.FINISHED and len(opcodes) == 3
 
 
+@needs_sigterm
 def test_serve_on_ipv6_loopback(tmp_path, no_amqp_env, ipv6_port):
     write_dataset(tmp_path / "data", {"stores": [2]})
     sink = tmp_path / "sink.bin"
@@ -750,6 +756,7 @@ def test_text_log_line_masks_the_sink_password():
     assert "pa55word" not in formatter.format(log_record("credentials %r", ("ops", "pa55word")))
 
 
+@needs_sigterm
 def test_serve_logs_json_lines(tmp_path, no_amqp_env):
     write_dataset(tmp_path / "data", {"users": [3]})
     port = free_port()

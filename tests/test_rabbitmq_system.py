@@ -25,7 +25,7 @@ from fastframe.orchestrator import Orchestrator
 from fastframe.schema import TABLES
 from fastframe.sinks.file import read_frames
 from fastframe.sinks.rabbitmq import QUERY_IDS, RabbitMQSink, Topology, queue_name, read_queue
-from helpers_system import free_port, running
+from helpers_system import free_port, needs_sigterm, running
 from rabbitmq_broker import amqp_exchange, rabbitmq_url  # noqa: F401, F811 (fixtures)
 from test_cli import fastframe_command, subprocess_env
 from test_orchestrator import MENU, as_multisets, decode, expected_rows, numbered_batch, stored_rows
@@ -173,6 +173,7 @@ def test_consume_drains_a_queue_into_a_sink_file_until_idle(rabbitmq_url, amqp_e
     assert inspected.returncode == 0 and len(inspected.stdout.splitlines()) == len(frames)
 
 
+@needs_sigterm
 def test_consume_stops_on_sigterm_with_every_message_either_stored_or_queued(
         rabbitmq_url, amqp_exchange, tmp_path):
     # Enough messages, each fsynced before its ack, that SIGTERM comes mid-stream.
@@ -242,6 +243,7 @@ def wait_listening(server: subprocess.Popen, port: int) -> None:
     pytest.fail(f"fastframe serve on port {port} never listened")
 
 
+@needs_sigterm
 def test_two_orchestrators_on_one_broker_queue_every_row_of_two_agencies(
         rabbitmq_url, amqp_exchange, tmp_path):
     agencies = {21: 5, 22: 6}   # agency id -> data seed

@@ -20,6 +20,7 @@ import pytest
 from fastframe.client import Client, ClientError
 from fastframe.messages import Finished, decode_frame
 from fastframe.orchestrator.tls import agency_of, client_context, server_context
+from helpers_system import needs_sigterm
 from test_orchestrator import (
     FAIL, SOCKET_TIMEOUT, SUCCESS, MemorySink, Server, as_multisets, decode, expected_rows,
     finished_frame, numbered_batch, stored_rows,
@@ -203,6 +204,7 @@ def test_a_client_that_does_not_trust_the_server_stops_at_once(tls_server, pki, 
                connect_attempts=3).send_folder(tmp_path)
 
 
+@needs_sigterm
 def test_fastframe_serve_and_send_over_mutual_tls(pki, tmp_path):
     import subprocess
 
