@@ -23,7 +23,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import (
-    Any, Callable, Dict, Iterable, Iterator, Mapping, NoReturn, Optional, Sequence, TextIO, Tuple,
+    Any, Callable, Dict, Iterable, Iterator, List, Mapping, NoReturn, Optional, Sequence, TextIO,
+    Tuple,
 )
 from urllib.parse import unquote, urlsplit
 
@@ -49,7 +50,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 _I32_MAX = (1 << 31) - 1
 
-log = logging.getLogger("fastframe.cli")
+log: logging.Logger = logging.getLogger("fastframe.cli")
 
 
 class CommandError(Exception):
@@ -70,7 +71,7 @@ class Redactor:
     """Masks passwords in text: any URL's, and each secret it was given, as ``***``."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.secrets: List[str] = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     @classmethod
     def for_url(cls, url: str) -> "Redactor":

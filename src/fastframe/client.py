@@ -37,7 +37,7 @@ __all__ = ["Client", "ClientError", "Cancelled", "SendSummary", "CSV_COLUMNS", "
 _MAX_BACKOFF = 5.0  # seconds; retries back off exponentially up to this
 
 # Connection retries are reported here (WARNING), so a caller can show what it waits for.
-log = logging.getLogger("fastframe.client")
+log: logging.Logger = logging.getLogger("fastframe.client")
 
 # CSV header name -> wire key, where they differ (§9); other headers map to themselves.
 CSV_COLUMNS: Dict[str, Dict[str, str]] = {
@@ -269,7 +269,7 @@ class Client:
         self._in_flight: Deque[_Batch] = collections.deque()
         self._cancel_signal: Optional[int] = None
         self._lost_in_a_row = 0
-        self.summary = SendSummary()
+        self.summary: SendSummary = SendSummary()
 
     def cancel(self, signum: int) -> None:
         """Ask ``send_folder`` to stop after the current batch (safe from a signal handler)."""

@@ -46,7 +46,7 @@ from .sinks.rabbitmq import QUERY_IDS, Topology, connection_parameters, split_ur
 
 __all__ = ["AsyncConsumer", "AsyncMessage", "Consumer", "ConsumerError", "Message"]
 
-log = logging.getLogger("fastframe.consumer")
+log: logging.Logger = logging.getLogger("fastframe.consumer")
 # How often a waiting consumer looks at the clock and at stop(): the longest a
 # SIGTERM between messages waits.
 _POLL = 0.2
@@ -67,12 +67,12 @@ class Message:
 
     def __init__(self, consumer: "Consumer", delivery_tag: int, redelivered: bool,
                  frame: bytes, batch: DataBatch) -> None:
-        self.frame = frame
-        self.batch = batch
-        self.delivery_tag = delivery_tag
-        self.redelivered = redelivered
+        self.frame: bytes = frame
+        self.batch: DataBatch = batch
+        self.delivery_tag: int = delivery_tag
+        self.redelivered: bool = redelivered
         self._consumer = consumer
-        self.settled = False
+        self.settled: bool = False
 
     def ack(self) -> None:
         """Tell the broker the message is handled: it leaves the queue."""
@@ -114,11 +114,11 @@ class Consumer:
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         _, options = split_url(url)
-        self.topology = Topology(exchange or options.get("exchange") or "fastframe",
-                                 queue_type or options.get("queue_type") or "classic")
-        self.queue = self.topology.queue(query_id)
+        self.topology: Topology = Topology(exchange or options.get("exchange") or "fastframe",
+                                           queue_type or options.get("queue_type") or "classic")
+        self.queue: str = self.topology.queue(query_id)
         self.prefetch = prefetch
-        self.rejected = 0
+        self.rejected: int = 0
         self._stopping = False
         self._consumer_tag: Optional[str] = None
         self._inbox: List[Message] = []
@@ -224,10 +224,10 @@ class AsyncMessage:
     def __init__(self, owner: "AsyncConsumer", message: Message) -> None:
         self._owner = owner
         self._message = message
-        self.frame = message.frame
-        self.batch = message.batch
-        self.delivery_tag = message.delivery_tag
-        self.redelivered = message.redelivered
+        self.frame: bytes = message.frame
+        self.batch: DataBatch = message.batch
+        self.delivery_tag: int = message.delivery_tag
+        self.redelivered: bool = message.redelivered
 
     async def ack(self) -> None:
         await self._owner._call(self._message.ack)

@@ -19,7 +19,7 @@ from typing import Callable, Deque, Optional
 
 __all__ = ["ConnectionLimit", "ByteBudget", "default_max_connections", "descriptor_room"]
 
-log = logging.getLogger("fastframe.orchestrator")
+log: logging.Logger = logging.getLogger("fastframe.orchestrator")
 
 # Descriptors kept free for what is not a connection: the listener, the sink,
 # the event loop's own, log files, the executor.
@@ -49,7 +49,7 @@ class ConnectionLimit:
         if maximum < 1:
             raise ValueError(f"max_connections must be >= 1, not {maximum}")
         self.maximum = maximum
-        self.open = 0
+        self.open: int = 0
         self._unlogged = 0
         self._logged_at = float("-inf")
 
@@ -92,7 +92,7 @@ class ByteBudget:
         if limit < 1:
             raise ValueError(f"max_buffer_bytes must be >= 1, not {limit}")
         self.limit = limit
-        self.held = 0
+        self.held: int = 0
         self._waiters: Deque[_Waiter] = collections.deque()
 
     @property

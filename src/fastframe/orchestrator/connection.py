@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection"]
 
-log = logging.getLogger("fastframe.orchestrator")
+log: logging.Logger = logging.getLogger("fastframe.orchestrator")
 
 _SUCCESS = bytes([Opcodes.BATCH_RECV_SUCCESS, 0, 0, 0, 0])
 _FAIL = bytes([Opcodes.BATCH_RECV_FAIL, 0, 0, 0, 0])
@@ -99,12 +99,12 @@ class Connection(asyncio.BufferedProtocol):
                  "batches", "rows", "invalid", "_invalid_run", "_invalid_unlogged")
 
     def __init__(self, server: "Orchestrator") -> None:
-        self.server = server
-        self.id = server.next_connection_id()
+        self.server: Orchestrator = server
+        self.id: int = server.next_connection_id()
         self.transport: Optional[asyncio.Transport] = None
-        self.peer = "?"
+        self.peer: str = "?"
         self.agency: Optional[int] = None      # from the client certificate, with TLS
-        self.state = FIRST_HEADER
+        self.state: str = FIRST_HEADER
         self._admitted = False
         self._deadline: Optional[int] = None   # its slot in server.deadlines
         self._deadline_what = ""
@@ -127,10 +127,10 @@ class Connection(asyncio.BufferedProtocol):
         self._in_flight: List[_Frame] = []      # at most _PIPELINE
         self._unsubmitted: List[_Frame] = []
         self._close_when_answered = False
-        self.close_reason = "peer_closed"
-        self.batches = 0
-        self.rows = 0
-        self.invalid = 0
+        self.close_reason: str = "peer_closed"
+        self.batches: int = 0
+        self.rows: int = 0
+        self.invalid: int = 0
         self._invalid_run = 0
         self._invalid_unlogged = 0
 

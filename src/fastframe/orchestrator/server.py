@@ -31,7 +31,7 @@ from .sink_writer import SinkWriter
 
 __all__ = ["Orchestrator", "Counters", "new_event_loop"]
 
-log = logging.getLogger("fastframe.orchestrator")
+log: logging.Logger = logging.getLogger("fastframe.orchestrator")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -131,29 +131,29 @@ class Orchestrator:
                             ("frame_timeout", frame_timeout)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, not {value}")
-        self.headers = HeaderPolicy(compat)
+        self.headers: HeaderPolicy = HeaderPolicy(compat)
         self.max_frame = max_frame
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
         self.max_invalid = max_invalid
         self.ssl_context = ssl_context
-        self.limit = ConnectionLimit(default_max_connections() if max_connections is None
-                                     else max_connections)
-        self.budget = ByteBudget(max_buffer_bytes)
-        self.counters = Counters()
+        self.limit: ConnectionLimit = ConnectionLimit(
+            default_max_connections() if max_connections is None else max_connections)
+        self.budget: ByteBudget = ByteBudget(max_buffer_bytes)
+        self.counters: Counters = Counters()
         self.live: Set[Connection] = set()
-        self.stopping = False
+        self.stopping: bool = False
         self._backlog = backlog
         # The family the host names (an IPv6 literal such as ::1, or IPv4).
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                     flags=socket.AI_PASSIVE)[0][0]
         self._listener = socket.create_server((host, port), family=family, backlog=backlog)
         self.address: Tuple[str, int] = self._listener.getsockname()[:2]
-        self.writer = SinkWriter(sink)
+        self.writer: SinkWriter = SinkWriter(sink)
         self._loop: Optional[asyncio.AbstractEventLoop] = None   # serve_forever's
-        self.executor = ThreadPoolExecutor(max_workers=_cores(),
-                                           thread_name_prefix="fastframe-project")
+        self.executor: ThreadPoolExecutor = ThreadPoolExecutor(
+            max_workers=_cores(), thread_name_prefix="fastframe-project")
         self._ids = 0
         self._grace = 10.0
         self._shutdown_requested = False

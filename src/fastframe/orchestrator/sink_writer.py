@@ -17,7 +17,7 @@ from ..sinks import Sink, SinkError
 
 __all__ = ["SinkWriter", "Done"]
 
-log = logging.getLogger("fastframe.orchestrator")
+log: logging.Logger = logging.getLogger("fastframe.orchestrator")
 
 Done = Callable[[bool], None]
 """Told ``True`` once a batch is durable in the sink, ``False`` if it is not."""
@@ -50,8 +50,8 @@ class SinkWriter:
         self.deliver = deliver
         self._queue: Deque[Optional[_Ticket]] = collections.deque()
         self._ready = threading.Condition()
-        self.frames_written = 0
-        self.bytes_written = 0
+        self.frames_written: int = 0
+        self.bytes_written: int = 0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="fastframe-sink", daemon=True)
         self._thread.start()

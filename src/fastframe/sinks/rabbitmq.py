@@ -89,7 +89,7 @@ SETUP_TIMEOUT = 15.0
 _URL_OPTIONS = ("exchange", "queue_type")
 _PRECONDITION_FAILED = 406
 
-log = logging.getLogger(__name__)
+log: logging.Logger = logging.getLogger(__name__)
 
 
 def routing_key(query_id: int) -> str:
@@ -396,8 +396,9 @@ class RabbitMQSink:
         if connect_attempts < 1:
             raise ValueError(f"connect_attempts must be at least 1, not {connect_attempts}")
         _, url_options = split_url(url)
-        self.topology = Topology(exchange or url_options.get("exchange") or DEFAULT_EXCHANGE,
-                                 queue_type or url_options.get("queue_type") or "classic")
+        self.topology: Topology = Topology(
+            exchange or url_options.get("exchange") or DEFAULT_EXCHANGE,
+            queue_type or url_options.get("queue_type") or "classic")
         self._parameters = connection_parameters(url)
         self._where = f"amqp://{self._parameters.host}:{self._parameters.port}"
         self._connect_attempts = connect_attempts
