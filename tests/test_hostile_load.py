@@ -28,12 +28,11 @@ import pytest
 
 from fastframe.client import Client
 from fastframe.datagen import generate
-from fastframe.messages import Finished, decode_frame
 from fastframe.schema import FRAME_HEADER_SIZE, MAX_BATCH_FRAME, Opcodes
 from helpers_system import free_port
 from test_faults import fastframe_command, stop_process, subprocess_env
 from test_orchestrator import (
-    FAIL, MENU, SOCKET_TIMEOUT, MemorySink, Server, sized_batch, wait_for,
+    FAIL, MENU, SOCKET_TIMEOUT, sized_batch, wait_for,
 )
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
@@ -367,96 +366,6 @@ def test_server_limited_to_2_5_gb_of_address_space_survives_1000_connections(
         healthy_send(server.address, healthy_data)
         assert server.alive()
         server.stop()
-
-
-# -- FINISHED swallowed by a proxy -----------------------------------------------------
-
-class SwallowingProxy:
-    """Forwards to ``upstream``; the first FINISHED a client sends is not forwarded, and
-    that client's connection is closed gracefully instead."""
-
-    def __init__(self, upstream) -> None:
-        self.upstream = upstream
-        self.swallowed = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()[:2]
-        self.threads: List[threading.Thread] = []
-        self._spawn(self._accept)
-
-    def _spawn(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self.threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream, timeout=SOCKET_TIMEOUT)
-            client.settimeout(SOCKET_TIMEOUT)
-            self._spawn(self._answers, server, client)
-            self._spawn(self._frames, client, server)
-
-    @staticmethod
-    def _answers(server: socket.socket, client: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                data = server.recv(65536)
-                if not data:
-                    break
-                client.sendall(data)
-        with contextlib.suppress(OSError):
-            client.shutdown(socket.SHUT_WR)
-
-    def _frames(self, client: socket.socket, server: socket.socket) -> None:
-        with contextlib.suppress(OSError, EOFError):
-            while True:
-                header = _recv_exactly(client, FRAME_HEADER_SIZE)
-                body = _recv_exactly(client, struct.unpack_from("<i", header, 1)[0])
-                if header[0] == Opcodes.FINISHED and self.swallowed == 0:
-                    self.swallowed += 1
-                    server.close()   # FINISHED never reaches the orchestrator
-                    client.shutdown(socket.SHUT_RDWR)   # the client sees a clean close
-                    client.close()
-                    return
-                server.sendall(header + body)
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
-
-
-def test_a_swallowed_finished_never_passes_for_stored(tmp_path):
-    data = tmp_path / "data"
-    generate(data, transactions=200, seed=4)
-    sink = MemorySink()
-    server = Server(sink)
-    proxy = SwallowingProxy(server.address)
-    try:
-        outcome: Optional[BaseException] = None
-        try:
-            Client(proxy.address, 31, timeout=SOCKET_TIMEOUT, backoff=0.01).send_folder(data)
-        except Exception as exc:   # an error is an honest outcome; success must be true
-            outcome = exc
-    finally:
-        proxy.close()
-        server.stop()
-    assert proxy.swallowed == 1
-    stored = [decode_frame(f).batch_msg for f in sink.durable]
-    if outcome is None:
-        assert Finished(31) in stored, "the client reported success, FINISHED is not stored"
-    assert outcome is None   # resent on a new connection, it went through
 
 
 # -- invalid frames --------------------------------------------------------------------

@@ -12,8 +12,6 @@ import struct
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 from fastframe import BatchRecvFail, BatchRecvSuccess, Finished
 
 from wire import frame, split_frames
