@@ -65,5 +65,7 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
   PYTHON="$PY" bash ../fuzz/run.sh "$FUZZ_SECONDS"
 fi
 
-echo "== test suite, $("$PY" -V 2>&1), FASTFRAME_PUREPYTHON=1 =="
-FASTFRAME_PUREPYTHON=1 "$PY" -m pytest -q -p no:cacheprovider "$@" .
+# This run also takes asyncio's own event loop for the orchestrator, the
+# first one uvloop (installed with the test extra): both loops run every test.
+echo "== test suite, $("$PY" -V 2>&1), FASTFRAME_PUREPYTHON=1, FASTFRAME_EVENT_LOOP=asyncio =="
+FASTFRAME_PUREPYTHON=1 FASTFRAME_EVENT_LOOP=asyncio "$PY" -m pytest -q -p no:cacheprovider "$@" .

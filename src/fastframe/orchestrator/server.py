@@ -29,24 +29,42 @@ from .deadlines import Deadlines
 from .downstream import HeaderPolicy
 from .sink_writer import SinkWriter
 
-__all__ = ["Orchestrator", "Counters", "new_event_loop"]
+__all__ = ["Orchestrator", "Counters", "EVENT_LOOPS", "event_loop_choice", "new_event_loop"]
 
 log: logging.Logger = logging.getLogger("fastframe.orchestrator")
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop when it is installed, else asyncio's.
+EVENT_LOOPS = ("asyncio", "uvloop")
 
-    ``FASTFRAME_EVENT_LOOP=asyncio`` picks asyncio's even with uvloop installed.
+
+def event_loop_choice() -> str:
+    """The loop ``FASTFRAME_EVENT_LOOP`` asks for: uvloop when unset and installed.
+
+    ``asyncio`` picks asyncio's even with uvloop installed; ``uvloop`` requires
+    it (``ValueError`` when it is not installed, or for any other value).
     """
-    if os.environ.get("FASTFRAME_EVENT_LOOP", "") != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-            return loop
+    wanted = os.environ.get("FASTFRAME_EVENT_LOOP", "")
+    if wanted not in ("",) + EVENT_LOOPS:
+        raise ValueError(f"FASTFRAME_EVENT_LOOP={wanted!r}: expected one of {EVENT_LOOPS}")
+    if wanted == "asyncio":
+        return wanted
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if wanted == "uvloop":
+            raise ValueError("FASTFRAME_EVENT_LOOP=uvloop, but uvloop is not installed "
+                             "(pip install 'fastframe[uvloop]')") from None
+        return "asyncio"
+    return "uvloop"
+
+
+def new_event_loop(choice: str = "") -> asyncio.AbstractEventLoop:
+    """A new loop of ``choice`` (default: ``event_loop_choice()``)."""
+    if (choice or event_loop_choice()) == "uvloop":
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
     return asyncio.new_event_loop()
 
 
@@ -131,6 +149,7 @@ class Orchestrator:
                             ("frame_timeout", frame_timeout)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, not {value}")
+        self.event_loop: str = event_loop_choice()   # before binding: a bad choice binds nothing
         self.headers: HeaderPolicy = HeaderPolicy(compat)
         self.max_frame = max_frame
         self.header_timeout = header_timeout
@@ -186,7 +205,7 @@ class Orchestrator:
             if self._state == "serving":
                 raise RuntimeError("serve_forever is already running")
             self._state = "serving"
-            self._loop = loop = new_event_loop()
+            self._loop = loop = new_event_loop(self.event_loop)
         try:
             loop.set_exception_handler(self._loop_error)
             self.writer.deliver = loop.call_soon_threadsafe
@@ -244,9 +263,9 @@ class Orchestrator:
         server = await loop.create_server(lambda: Connection(self), sock=self._listener,
                                           backlog=self._backlog, **extra)
         log.info("action: listen | result: success | address: %s:%d | tls: %s | "
-                 "max_connections: %d | max_buffer_bytes: %d", self.address[0], self.address[1],
-                 "on" if self.ssl_context is not None else "off", self.limit.maximum,
-                 self.budget.limit)
+                 "max_connections: %d | max_buffer_bytes: %d | loop: %s", self.address[0],
+                 self.address[1], "on" if self.ssl_context is not None else "off",
+                 self.limit.maximum, self.budget.limit, self.event_loop)
         room = descriptor_room()
         if room is not None and self.limit.maximum > room:
             # Past the fd limit accept() fails: asyncio logs it and retries a second
