@@ -401,7 +401,9 @@ class Connection(asyncio.BufferedProtocol):
         if refusal is not None:
             self._invalid(entry, refusal)
             return
-        if len(entry.body) <= _INLINE_BODY:
+        # Only the Cython codec projects without the GIL: with the pure one a
+        # thread would add hand-offs, not cores.
+        if len(entry.body) <= _INLINE_BODY or codec.impl.__name__ != "fastframe._codec_c":
             try:
                 wrapped = wrap_frame(self.server.headers, entry.opcode, entry.body)
             except ProtocolError as exc:
