@@ -11,7 +11,8 @@
 # (.venv-<implementation><version>; VENV=DIR overrides). On an interpreter
 # other than CPython the package is pure by design (setup.py): the suite runs
 # once, on the pure codec, and its Cython cases skip with that reason.
-# FASTFRAME_FUZZ_SECONDS (default 90; 0 leaves it out) sets the fuzz run.
+# FASTFRAME_FUZZ_SECONDS (default 90; 0 leaves it out) sets the fuzz run;
+# FASTFRAME_PURE_RUN=0 leaves out the second run, on the pure codec.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +66,11 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
   PYTHON="$PY" bash ../fuzz/run.sh "$FUZZ_SECONDS"
 fi
 
+# FASTFRAME_PURE_RUN=0 leaves this second run out (the other Pythons in CI):
+# the codec fixture already ran every codec test on both codecs above.
+if [ "${FASTFRAME_PURE_RUN:-1}" = 0 ]; then
+  exit 0
+fi
 # This run also takes asyncio's own event loop for the orchestrator, the
 # first one uvloop (installed with the test extra): both loops run every test.
 echo "== test suite, $("$PY" -V 2>&1), FASTFRAME_PUREPYTHON=1, FASTFRAME_EVENT_LOOP=asyncio =="

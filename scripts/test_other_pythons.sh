@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The suite on the other Pythons fastframe claims, each in its own venv with
-# the package built from source: scripts/test.sh with PYTHON set, both codecs
-# on CPython, the pure codec on PyPy (where tests/conftest.py skips the system
-# tests, with the reason), no fuzz run (the 3.11 run of scripts/test.sh has it).
+# the package built from source: scripts/test.sh with PYTHON set. On CPython
+# the suite runs once, every codec test on both codecs (the codec fixture) and
+# the system tests on the default (Cython) one; the second run on the pure
+# codec, and the fuzz run, are the 3.11 run's. On PyPy the pure codec (where
+# tests/conftest.py skips the system tests, with the reason).
 #
 #     bash scripts/test_other_pythons.sh [PYTHON...]
 #
@@ -54,7 +56,7 @@ fi
 failed=()
 for python in "${pythons[@]}"; do
   start=$SECONDS
-  if PYTHON=$python FASTFRAME_FUZZ_SECONDS=0 bash scripts/test.sh; then
+  if PYTHON=$python FASTFRAME_FUZZ_SECONDS=0 FASTFRAME_PURE_RUN=0 bash scripts/test.sh; then
     log "$python: passed in $((SECONDS - start)) s"
   else
     log "$python: FAILED after $((SECONDS - start)) s"
