@@ -13,7 +13,6 @@ import random
 import subprocess
 import sys
 import threading
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,8 @@ from fastframe.schema import TABLES_BY_NAME, TABLES_BY_OPCODE
 from wire import TABLE_PARAMS, databatch_body, frame, sample_rows, shuffled, table_body
 
 pa = pytest.importorskip("pyarrow", reason="decode_arrow's results are read through pyarrow")
+# Below the skip: where pyarrow has no wheel (PyPy) there is no tracemalloc either.
+import tracemalloc  # noqa: E402
 
 ITEMS = TABLES_BY_NAME["transaction_items"]
 TRANSACTIONS = TABLES_BY_NAME["transactions"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import select
 import signal
 import socket
@@ -35,6 +34,7 @@ from test_orchestrator import (
     FAIL, MENU, SOCKET_TIMEOUT, sized_batch, wait_for,
 )
 
+resource = pytest.importorskip("resource", reason="POSIX resource limits (not on Windows)")
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="reads memory and descriptors from /proc (Linux)")
 
