@@ -40,7 +40,8 @@ def pytest_runtest_setup(item):
 # On PyPy the pure codec decodes a DataBatch in superlinear time (1,000 rows take
 # over 15 s), so the system tests, which decode thousands, would not finish;
 # until that is fixed they skip there. The codec's and the client's tests run.
-SLOW_ON_PYPY = ("test_cli.py", "test_end_to_end.py", "test_faults.py", "test_hostile_load.py",
+SLOW_ON_PYPY = ("test_cli.py", "test_end_to_end.py", "test_faults.py", "test_finished_ack.py",
+                "test_hostile_load.py",
                 "test_load.py", "test_orchestrator.py", "test_rabbitmq_system.py")
 
 
