@@ -9,9 +9,9 @@
 #     bash scripts/test_other_pythons.sh [PYTHON...]
 #
 # Without arguments: CPython 3.9, 3.12 and 3.13 from pyenv ($PYENV_ROOT,
-# default ~/.pyenv, the newest patch release of each) and Debian's pypy3
-# (installed with apt-get when missing). A missing interpreter is an error:
-# a version is claimed only where it is proven.
+# default ~/.pyenv, the newest patch release of each); PyPy only when named.
+# A missing interpreter is an error: a version is claimed only where it is
+# proven.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,19 +28,6 @@ pyenv_python() {
   echo "$found/bin/python"
 }
 
-# Debian's PyPy, installed when missing (it takes about 15 s here).
-debian_pypy() {
-  if ! command -v pypy3 >/dev/null; then
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo=sudo
-    log "installing pypy3"
-    $sudo env DEBIAN_FRONTEND=noninteractive timeout 300 apt-get update -q >/dev/null
-    $sudo env DEBIAN_FRONTEND=noninteractive timeout 300 \
-      apt-get install -y -q --no-install-recommends pypy3 >/dev/null
-  fi
-  command -v pypy3
-}
-
 if [ "$#" -gt 0 ]; then
   pythons=("$@")
 else
@@ -52,8 +39,8 @@ else
   # PyPy is left out for now: since the event-loop orchestrator and the
   # RabbitMQ work landed, its pure-codec suite no longer finishes in CI's time
   # (stuck for minutes in the file-sink and FINISHED tests; DataBatch decoding
-  # is superlinear there). `bash scripts/test_other_pythons.sh "$(debian_pypy)"`
-  # still runs it by hand.
+  # is superlinear there). `bash scripts/test_other_pythons.sh "$(command -v pypy3)"`
+  # still runs it by hand (apt-get install pypy3).
 fi
 
 failed=()
