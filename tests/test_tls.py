@@ -53,6 +53,17 @@ def _certificate(subject: str, key, issuer_name, issuer_key, *, ca: bool = False
                .not_valid_before(now - datetime.timedelta(minutes=5))
                .not_valid_after(now + datetime.timedelta(days=1))
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    # Key identifiers and key usage: Python 3.13's default contexts verify
+    # strictly (VERIFY_X509_STRICT) and refuse certificates without them.
+    builder = (builder
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   issuer_key.public_key()), critical=False)
+               .add_extension(x509.KeyUsage(
+                   digital_signature=True, content_commitment=False, key_encipherment=False,
+                   data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                   encipher_only=False, decipher_only=False), critical=True))
     if server:
         builder = builder.add_extension(x509.SubjectAlternativeName(
             [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
