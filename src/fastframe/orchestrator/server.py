@@ -10,22 +10,21 @@ answered within ``grace`` seconds, then the sink is flushed and closed.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import socket
 import ssl
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 from ..schema import DEFAULT_MAX_FRAME
 from ..sinks import Sink
 from .admission import ByteBudget, ConnectionLimit, default_max_connections, descriptor_room
 from .connection import Connection
 from .deadlines import Deadlines
+from .heap import Heap
 from .downstream import HeaderPolicy
 from .sink_writer import SinkWriter
 
@@ -68,26 +67,8 @@ def new_event_loop(choice: str = "") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-# How long after the last connection closes the heap is trimmed (see _heap_trimmer).
+# How long after the last connection closes the heap is trimmed (see heap.py).
 _TRIM_DELAY = 0.1
-
-
-def _heap_trimmer() -> Optional[Callable[[], object]]:
-    """glibc's ``malloc_trim(0)``, or ``None`` where the C library has none.
-
-    Thousands of connections leave the heap fragmented when they go: glibc
-    keeps the freed pages until asked to hand them back, so without this the
-    server's RSS stays near its peak after a crowd of connections leaves.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # musl and others: nothing to call
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return lambda: trim(0)
 
 
 def _cores() -> int:
@@ -169,6 +150,8 @@ class Orchestrator:
                                     flags=socket.AI_PASSIVE)[0][0]
         self._listener = socket.create_server((host, port), family=family, backlog=backlog)
         self.address: Tuple[str, int] = self._listener.getsockname()[:2]
+        self._heap = Heap()
+        self._heap.keep_frames_on_heap()   # before any thread of ours allocates
         self.writer: SinkWriter = SinkWriter(sink)
         self._loop: Optional[asyncio.AbstractEventLoop] = None   # serve_forever's
         self.executor: ThreadPoolExecutor = ThreadPoolExecutor(
@@ -179,7 +162,6 @@ class Orchestrator:
         self._wake: Optional[asyncio.Event] = None
         self.deadlines: Deadlines   # made with the loop, in _serve
         self._all_closed: Optional[asyncio.Event] = None
-        self._trim_heap = _heap_trimmer()
         self._trim_pending = False
         self._state = "new"   # new -> serving -> stopped
         self._state_lock = threading.Lock()
@@ -304,14 +286,14 @@ class Orchestrator:
         if self.stopping:
             if self._all_closed is not None:
                 self._all_closed.set()
-        elif self._trim_heap is not None and not self._trim_pending:
+        elif self._heap.trims and not self._trim_pending:
             self._trim_pending = True
             self.loop.call_later(_TRIM_DELAY, self._trim_when_idle)
 
     def _trim_when_idle(self) -> None:
         self._trim_pending = False
-        if not self.live and self._trim_heap is not None:
-            self._trim_heap()
+        if not self.live:
+            self._heap.trim()
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
         # One line, no traceback: EMFILE at accept, a peer resetting mid-handshake ...
