@@ -31,7 +31,7 @@ from fastframe.datagen import generate
 from fastframe.messages import DataBatch, EOFMessage, Finished, decode_frame
 from fastframe.orchestrator import Orchestrator
 from fastframe.schema import (
-    ALL_QUERY_IDS, TABLES, TABLES_BY_NAME, BatchStatus, Opcodes, TableSpec,
+    ALL_QUERY_IDS, FRAME_HEADER_SIZE, TABLES, TABLES_BY_NAME, BatchStatus, Opcodes, TableSpec,
 )
 from fastframe.sinks import SinkError
 from fastframe.sinks.file import FileSink, read_frames
@@ -1006,6 +1006,46 @@ def test_a_frame_waiting_for_budget_is_cut_at_its_frame_deadline(start_server, c
     server.stop()
     lines = log_lines(caplog, "action: deadline")
     assert len(lines) == 2 and all("| deadline: frame |" in line for line in lines), lines
+
+
+def test_large_frames_beyond_the_frame_slots_wait_before_their_body(start_server):
+    gate = threading.Event()   # the sink holds the first answer, and with it the only slot
+    server = start_server(MemorySink(gate=gate), frame_slots=1)
+    orchestrator = server.orchestrator
+    first, second = sized_batch(1, 150_000), sized_batch(2, 150_000)
+    with Wire(server.address) as one, Wire(server.address) as two, \
+            Wire(server.address) as small:
+        one.send(first)
+        wait_for(lambda: orchestrator.counters.bytes_in == len(first), "the first frame")
+        two.send(second)
+        wait_for(lambda: orchestrator.slots.waiting == 1, "the second to wait for a slot")
+        assert orchestrator.budget.held == len(first) - FRAME_HEADER_SIZE   # no buffer for it
+        small.send(numbered_batch(3))   # a small frame needs no slot
+        wait_for(lambda: orchestrator.counters.bytes_in == len(first) + len(numbered_batch(3)),
+                 "the small frame to be read")
+        gate.set()
+        assert one.ack() == SUCCESS and two.ack() == SUCCESS and small.ack() == SUCCESS
+    wait_for(lambda: orchestrator.slots.held == 0, "every slot back")
+    server.stop()
+    assert sorted(batch_numbers(server.sink.durable)) == [1, 2, 3]
+
+
+def test_a_frame_whose_body_stalls_gives_its_slot_up(start_server):
+    # Else one peer that stops mid-frame would hold the only slot until its
+    # frame deadline (30 s here, past the healthy client's socket timeout).
+    server = start_server(frame_slots=1, frame_timeout=30.0)
+    orchestrator = server.orchestrator
+    stalled, healthy = sized_batch(1, 150_000), sized_batch(2, 150_000)
+    with Wire(server.address) as staller, Wire(server.address) as client:
+        staller.send(stalled[:1000])
+        wait_for(lambda: orchestrator.budget.held > 0, "the stalled frame's buffer")
+        client.send(healthy)
+        assert client.ack() == SUCCESS
+        staller.send(stalled[1000:])   # it finishes after all, without a slot
+        assert staller.ack() == SUCCESS
+    wait_for(lambda: orchestrator.slots.held == 0, "every slot back")
+    server.stop()
+    assert batch_numbers(server.sink.durable) == [2, 1]
 
 
 def test_max_connections_refuses_newcomers_at_once(start_server, caplog):

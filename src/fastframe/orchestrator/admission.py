@@ -1,4 +1,4 @@
-"""Admission control: how many connections, and how many frame bytes, at once.
+"""Admission control: how many connections, frame bytes and frames in process, at once.
 
 ``ConnectionLimit`` caps open connections (nginx's ``worker_connections``,
 PostgreSQL's ``max_connections``): a newcomer beyond it is accepted and
@@ -8,16 +8,25 @@ buffer is charged as it grows with the bytes that arrive, and released once
 the frame is answered. A request that does not fit waits, in arrival order
 but never behind a larger one that does not fit either, and the caller
 bounds the wait with its own deadline.
+``FrameSlots`` keeps a saturated server from reading faster than it can
+process: at most ``depth`` large frames are in memory at once, from their
+header to their answer, and a connection that sends the header of one more
+waits before its body, which stays in the kernel's socket buffer rather than
+ours. A frame whose body arrives slower than ``SLOT_MIN_BYTES`` per
+``SLOT_TICK`` gives its slot up (its bytes stay charged to the budget), so a
+peer that stalls mid-frame cannot keep the gate closed for long.
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import resource
 import time
-from typing import Callable, Deque, Optional
+from typing import Any, Callable, Deque, Dict, Optional
 
-__all__ = ["ConnectionLimit", "ByteBudget", "default_max_connections", "descriptor_room"]
+__all__ = ["ConnectionLimit", "ByteBudget", "FrameSlots", "default_max_connections",
+           "descriptor_room"]
 
 log: logging.Logger = logging.getLogger("fastframe.orchestrator")
 
@@ -132,3 +141,85 @@ class ByteBudget:
             self._waiters.remove(waiter)
         for waiter in granted:
             waiter.grant()
+
+
+# A frame holding a slot must receive this many bytes per tick to keep it:
+# 640 KB/s, which any healthy sender on a LAN beats by far.
+SLOT_TICK = 0.1
+SLOT_MIN_BYTES = 64 * 1024
+
+
+class FrameSlots:
+    """At most ``depth`` large frames in memory, server-wide (one event loop).
+
+    ``take()`` a slot when a frame's header arrives, or ``wait(grant)`` for one
+    (``grant()`` is called with the slot taken); ``release()`` it when the
+    frame is answered. While its body arrives, the frame is ``receiving(who)``
+    until ``received(who)``: every ``SLOT_TICK`` one that got fewer than
+    ``SLOT_MIN_BYTES`` since the last tick loses its slot, and
+    ``who.slot_lost()`` is called.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int) -> None:
+        if depth < 1:
+            raise ValueError(f"the frame slot depth must be >= 1, not {depth}")
+        self.depth = depth
+        self.held: int = 0
+        self._loop = loop
+        self._waiters: Deque[Callable[[], None]] = collections.deque()
+        self._receiving: Dict[Any, int] = {}   # who -> its progress at the last tick
+        self._ticking = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def take(self) -> bool:
+        if self.held < self.depth:
+            self.held += 1
+            return True
+        return False
+
+    def wait(self, grant: Callable[[], None]) -> object:
+        """Queue for a slot; the returned handle goes to ``cancel``."""
+        self._waiters.append(grant)
+        return grant
+
+    def cancel(self, handle: Optional[object]) -> None:
+        try:
+            self._waiters.remove(handle)  # type: ignore[arg-type]
+        except ValueError:
+            pass
+
+    def release(self) -> None:
+        self.held -= 1
+        while self._waiters and self.held < self.depth:
+            self.held += 1
+            self._waiters.popleft()()
+
+    def receiving(self, who: Any) -> None:
+        """``who`` (with ``body_progress()`` and ``slot_lost()``) holds a slot, its body arriving."""
+        self._receiving[who] = who.body_progress()
+        if not self._ticking:
+            self._ticking = True
+            self._loop.call_later(SLOT_TICK, self._tick)
+
+    def received(self, who: Any) -> None:
+        """``who``'s frame is complete, or gone: its progress is no longer watched."""
+        self._receiving.pop(who, None)
+
+    def _tick(self) -> None:
+        slow = []
+        for who, before in self._receiving.items():
+            now = who.body_progress()
+            if now - before < SLOT_MIN_BYTES:
+                slow.append(who)
+            else:
+                self._receiving[who] = now
+        for who in slow:
+            del self._receiving[who]
+            self.release()
+            who.slot_lost()
+        self._ticking = bool(self._receiving)
+        if self._ticking:
+            self._loop.call_later(SLOT_TICK, self._tick)

@@ -8,10 +8,13 @@ state          buffer handed to the transport              deadline (as logged)
 first_header   the connection's 5-byte header buffer       ``header_timeout``
                                                            (``first_header``)
 idle           the same header buffer (between frames)     ``idle_timeout`` (``idle``)
-body           a 64-byte scratch buffer until body bytes   ``frame_timeout`` (``frame``:
-               arrive, then the frame's buffer: 64 KiB,    one per frame, from its
-               doubled each time the bytes sent fill it,   header on, waits for budget
-               never past the length the header gave       included)
+queued         the scratch buffer; reading paused until    ``frame_timeout`` (``frame``:
+               one of the server's ``FrameSlots`` is free  one per frame, from its
+               (large frames only)                         header on, every wait included)
+body           a 64-byte scratch buffer until body bytes   the same frame deadline
+               arrive, then the frame's buffer: 64 KiB,
+               doubled each time the bytes sent fill it,
+               never past the length the header gave
 budget         the scratch buffer; reading paused until    the same frame deadline
                the budget grants the next size
 draining       none: no more frames are read; the answers  none, then ``idle_timeout``
@@ -27,6 +30,9 @@ most ``max(64 KiB, 2n)``. A complete frame keeps its charge until it is
 answered. At most ``_PIPELINE`` frames per connection are being processed or
 stored at once; reading pauses at that depth (``pause_reading``) instead of
 buffering more, and a paused read has no peer deadline: the wait is ours.
+A frame whose body is over ``_INLINE_BODY`` bytes holds one of the server's
+``FrameSlots`` from its header until it is answered (or until its body comes
+too slowly); smaller ones never wait for a slot.
 Deadlines live in ``server.deadlines`` (``deadlines.py``).
 
 Per frame (PROTOCOL.md §7–§8): a valid table batch or EOF is wrapped
@@ -67,20 +73,21 @@ _LOGGED_INVALID = 5           # invalid frames logged per connection; the rest a
 _SCRATCH = 64                 # where a read lands while the budget is awaited
 
 # States (the table in the module docstring).
-FIRST_HEADER, IDLE, BODY, BUDGET, DRAINING = (
-    "first_header", "idle", "body", "budget", "draining")
+FIRST_HEADER, IDLE, QUEUED, BODY, BUDGET, DRAINING = (
+    "first_header", "idle", "queued", "body", "budget", "draining")
 
 
 class _Frame:
     """One complete frame, from its last byte until it is answered."""
 
-    __slots__ = ("opcode", "body", "charge", "rows", "wrapped", "answer", "finished")
+    __slots__ = ("opcode", "body", "charge", "slot", "rows", "wrapped", "answer", "finished")
 
-    def __init__(self, opcode: int, body: memoryview, charge: int, rows: int,
+    def __init__(self, opcode: int, body: memoryview, charge: int, slot: bool, rows: int,
                  storable: bool) -> None:
         self.opcode = opcode
         self.body: Optional[memoryview] = body
         self.charge = charge                   # budget bytes held until answered
+        self.slot = slot                       # a FrameSlots slot held until answered
         self.rows = rows
         self.wrapped: Optional[Tuple[bytes, Sequence[int]]] = None
         self.answer: Optional[bytes] = None    # SUCCESS, FAIL, or b"" (no answer)
@@ -95,6 +102,7 @@ class Connection(asyncio.BufferedProtocol):
                  "_deadline_what", "_deadline_seconds",
                  "_paused", "_header", "_filled", "_opcode", "_length",
                  "_body_view", "_capacity", "_scratch_view", "_scratch_filled", "_budget_wait",
+                 "_slot_wait", "_slot",
                  "_in_flight", "_unsubmitted", "_close_when_answered", "close_reason",
                  "batches", "rows", "invalid", "_invalid_run", "_invalid_unlogged")
 
@@ -122,6 +130,8 @@ class Connection(asyncio.BufferedProtocol):
         self._scratch_view: Optional[memoryview] = None   # made on first use
         self._scratch_filled = 0
         self._budget_wait: Optional[object] = None
+        self._slot_wait: Optional[object] = None
+        self._slot = False                     # the frame being received holds a slot
         # Frames received and not yet answered, in arrival order; the ones not
         # yet handed to the sink writer, in the same order.
         self._in_flight: List[_Frame] = []      # at most _PIPELINE
@@ -186,8 +196,8 @@ class Connection(asyncio.BufferedProtocol):
         if state == BODY and self._filled < self._capacity:
             assert self._body_view is not None
             return self._body_view[self._filled:self._capacity]
-        if state in (BODY, BUDGET):
-            # No frame buffer yet, or waiting for budget: the first few body
+        if state in (QUEUED, BODY, BUDGET):
+            # No frame buffer yet, or waiting for room: the first few body
             # bytes land in the scratch buffer, and their arrival sizes one.
             return self._scratch()[self._scratch_filled:
                                    min(_SCRATCH, self._length - self._filled)]
@@ -205,7 +215,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._frame_done()
             elif self._filled == self._capacity:
                 self._grow()   # the peer sent what the buffer holds: it may double
-        elif state in (BODY, BUDGET):
+        elif state in (QUEUED, BODY, BUDGET):
             self._scratch_filled += nbytes
             if state == BODY:
                 self._grow()   # the first body bytes arrived: a buffer for them
@@ -225,9 +235,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._disarm()
-        if self._budget_wait is not None:
-            self.server.budget.cancel(self._budget_wait)
-            self._budget_wait = None
+        self._stop_waiting()
         self._drop_body()
         if not self._admitted:
             return
@@ -306,9 +314,42 @@ class Connection(asyncio.BufferedProtocol):
         self._opcode, self._length = opcode, length
         self._filled = 0
         self._arm("frame", server.frame_timeout)
+        if length > _INLINE_BODY:
+            if not server.slots.take():
+                self.state = QUEUED
+                self._pause("slot")
+                self._slot_wait = server.slots.wait(self._slot_granted)
+                return
+            self._slot = True
+            server.slots.receiving(self)
         self.state = BODY
         if length == 0:
             self._frame_done()
+
+    def _slot_granted(self) -> None:
+        """A slot is ours: read the body (the frame deadline still runs)."""
+        self._slot_wait = None
+        self._slot = True
+        self.server.slots.receiving(self)
+        self.state = BODY
+        self._resume("slot")
+        if self._scratch_filled:
+            self._grow()   # body bytes arrived while queued: a buffer for them
+
+    def body_progress(self) -> int:
+        """Body bytes received of the current frame (FrameSlots watches it)."""
+        return self._filled + self._scratch_filled
+
+    def slot_lost(self) -> None:
+        """The body came too slowly to keep its slot (the slot is released already)."""
+        self._slot = False
+
+    def _leave_slot(self) -> None:
+        """The frame being received is given up: its slot goes back."""
+        if self._slot:
+            self._slot = False
+            self.server.slots.received(self)
+            self.server.slots.release()
 
     def _grow(self) -> None:
         """A bigger frame buffer: ``min(length, max(64 KiB, 2 × capacity))``, if budgeted.
@@ -355,8 +396,18 @@ class Connection(asyncio.BufferedProtocol):
         self._capacity = new
         return True
 
+    def _stop_waiting(self) -> None:
+        """Leave the budget's or the slots' queue, if waiting in one."""
+        if self._budget_wait is not None:
+            self.server.budget.cancel(self._budget_wait)
+            self._budget_wait = None
+        if self._slot_wait is not None:
+            self.server.slots.cancel(self._slot_wait)
+            self._slot_wait = None
+
     def _drop_body(self) -> None:
-        """Give up the frame being received, and its charge."""
+        """Give up the frame being received, its charge and its slot."""
+        self._leave_slot()
         if self._capacity:
             self.server.budget.release(self._capacity)
         self._body_view = None
@@ -366,7 +417,7 @@ class Connection(asyncio.BufferedProtocol):
         """Bytes of the frame being received (header included), for log lines."""
         if self.state in (FIRST_HEADER, IDLE):
             return self._filled
-        if self.state in (BODY, BUDGET):
+        if self.state in (QUEUED, BODY, BUDGET):
             return FRAME_HEADER_SIZE + self._filled + self._scratch_filled
         return 0
 
@@ -379,10 +430,13 @@ class Connection(asyncio.BufferedProtocol):
         rows = (int.from_bytes(body[:4], "little")
                 if opcode in TABLES_BY_OPCODE and length >= 4 else 0)
         refusal = self._finished_refusal(body) if opcode == Opcodes.FINISHED else None
-        entry = _Frame(opcode, body, self._capacity, rows, refusal is None)
-        # The buffer and its charge now belong to the frame.
+        entry = _Frame(opcode, body, self._capacity, self._slot, rows, refusal is None)
+        if self._slot:
+            server.slots.received(self)
+        # The buffer, its charge and its slot now belong to the frame.
         self._body_view = None
         self._capacity = self._filled = 0
+        self._slot = False
         server.counters.bytes_in += FRAME_HEADER_SIZE + length
         self._in_flight.append(entry)
         self._unsubmitted.append(entry)
@@ -520,6 +574,9 @@ class Connection(asyncio.BufferedProtocol):
         if entry.charge:
             self.server.budget.release(entry.charge)
             entry.charge = 0
+        if entry.slot:
+            entry.slot = False
+            self.server.slots.release()
         out: List[bytes] = []
         finished = False
         while self._in_flight and self._in_flight[0].answer is not None:
@@ -543,9 +600,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         self.state = DRAINING
         self._disarm()
-        if self._budget_wait is not None:
-            self.server.budget.cancel(self._budget_wait)
-            self._budget_wait = None
+        self._stop_waiting()
         self._drop_body()
         self._pause("draining")
         self._close_when_answered = True

@@ -21,7 +21,9 @@ from typing import Any, Dict, Optional, Set, Tuple
 
 from ..schema import DEFAULT_MAX_FRAME
 from ..sinks import Sink
-from .admission import ByteBudget, ConnectionLimit, default_max_connections, descriptor_room
+from .admission import (
+    ByteBudget, ConnectionLimit, FrameSlots, default_max_connections, descriptor_room,
+)
 from .connection import Connection
 from .deadlines import Deadlines
 from .heap import Heap
@@ -101,6 +103,10 @@ class Orchestrator:
     * ``max_connections`` open at once (default ``min(4096, fd limit - 64)``);
       a newcomer beyond it is accepted and closed at once;
     * ``max_buffer_bytes`` of frame buffers across all connections (64 MiB);
+    * ``frame_slots`` frames over 16 KiB in memory at once, from header to
+      answer (default ``2 × cores + 4``): enough to keep every core and the
+      sink busy, so a saturated server leaves the rest in the kernel's
+      socket buffers; a frame whose body stalls gives its slot up;
     * deadlines: ``header_timeout`` for the first frame header (and the TLS
       handshake), ``frame_timeout`` for each frame from its header to its
       last byte, waits for buffer budget included, ``idle_timeout`` between
@@ -118,7 +124,7 @@ class Orchestrator:
                  max_connections: Optional[int] = None, max_buffer_bytes: int = 64 * 2**20,
                  header_timeout: Optional[float] = 10.0, idle_timeout: Optional[float] = 60.0,
                  frame_timeout: Optional[float] = 30.0, max_invalid: int = 100,
-                 ssl_context: Optional[ssl.SSLContext] = None, backlog: int = 1024) -> None:
+                 frame_slots: Optional[int] = None, ssl_context: Optional[ssl.SSLContext] = None, backlog: int = 1024) -> None:
         if max_frame < 0:
             raise ValueError(f"max_frame must be >= 0, not {max_frame}")
         if max_buffer_bytes < max_frame:
@@ -126,6 +132,8 @@ class Orchestrator:
                              f"max_frame ({max_frame}) bytes")
         if max_invalid < 1:
             raise ValueError(f"max_invalid must be >= 1, not {max_invalid}")
+        if frame_slots is not None and frame_slots < 1:
+            raise ValueError(f"frame_slots must be >= 1, not {frame_slots}")
         for name, value in (("header_timeout", header_timeout), ("idle_timeout", idle_timeout),
                             ("frame_timeout", frame_timeout)):
             if value is not None and value <= 0:
@@ -137,6 +145,7 @@ class Orchestrator:
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
         self.max_invalid = max_invalid
+        self.frame_slots: int = 2 * _cores() + 4 if frame_slots is None else frame_slots
         self.ssl_context = ssl_context
         self.limit: ConnectionLimit = ConnectionLimit(
             default_max_connections() if max_connections is None else max_connections)
@@ -161,6 +170,7 @@ class Orchestrator:
         self._shutdown_requested = False
         self._wake: Optional[asyncio.Event] = None
         self.deadlines: Deadlines   # made with the loop, in _serve
+        self.slots: FrameSlots      # likewise
         self._all_closed: Optional[asyncio.Event] = None
         self._trim_pending = False
         self._state = "new"   # new -> serving -> stopped
@@ -239,6 +249,7 @@ class Orchestrator:
         self._wake = asyncio.Event()
         self._all_closed = asyncio.Event()
         self.deadlines = Deadlines(loop)
+        self.slots = FrameSlots(loop, self.frame_slots)
         extra: Dict[str, Any] = {}
         if self.ssl_context is not None:
             extra = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.header_timeout}
