@@ -205,6 +205,36 @@ def test_malformed_frames_fail_as_in_decode_columns(codec, make):
         ProtocolError, message, expected.value.opcode)
 
 
+def _outcome(decode, read, data):
+    """``read(decode(data))``, or the error's message and opcode."""
+    try:
+        decoded = decode(data)
+    except ProtocolError as exc:
+        return exc.message.replace("decode_columns", "decode_arrow"), exc.opcode
+    return read(decoded)
+
+
+@pytest.mark.parametrize("flip, kinds", [(0x01, {"dict", "tuple"}), (0x80, {"tuple"})],
+                         ids=["low-bit", "high-bit"])
+def test_a_byte_changed_in_a_later_row_fails_or_decodes_as_in_decode_columns(codec, flip, kinds):
+    # Rows after the first take a one-pass path in the C codec while they repeat
+    # the previous row's key order; every byte of rows 1 to 3 changed in turn
+    # must come out as decode_columns has it: the same values or the same error.
+    rows = [{k: f"{k}-{i}" for k in ITEMS.required_keys} for i in range(6)]   # ASCII only
+    data = items_frame(codec, rows)
+    row_bytes = len(table_body(codec, rows[:1])) - 13
+    first = 5 + 13 + row_bytes
+    outcomes = set()
+    for at in range(first, first + 3 * row_bytes):
+        changed = bytearray(data)
+        changed[at] ^= flip
+        expected = _outcome(codec.decode_columns,
+                            lambda got: {k: v.tolist() for k, v in got.items()}, bytes(changed))
+        assert _outcome(codec.decode_arrow, as_lists, bytes(changed)) == expected, at
+        outcomes.add(type(expected).__name__)
+    assert outcomes == kinds   # a high bit is never valid UTF-8 on its own: errors only
+
+
 @pytest.mark.parametrize("data, columns, message", [
     (items_frame, ["bogus"], "column 'bogus' is not in the batch; it has "
                              f"{list(ITEMS.required_keys)}"),

@@ -2384,30 +2384,80 @@ cdef enum:
 
 cdef int _scan_to_columns(Scan* s, StringColumns* c, unsigned int wanted) noexcept nogil:
     """Validate the rows after the header and append the ``wanted`` values the batch
-    carries to their columns in ``c``: -1 on a scan error (in ``s``), ARROW_NO_MEMORY."""
+    carries to their columns in ``c``: -1 on a scan error (in ``s``), ARROW_NO_MEMORY.
+
+    A row after the first whose pairs come in the previous row's key order, in
+    an all-ASCII body, is checked and copied in one pass (the keys' bytes,
+    prefixes included, compared whole). Any other row, and any row that fails
+    that pass, goes through ``_scan_row``, which names the error if there is one.
+    """
+    cdef const Table* t = s.table
     cdef Row row
-    cdef Py_ssize_t r, at, n, start
-    cdef int i, k, n_copied = 0
+    cdef Py_ssize_t r, at, n, start, pos
+    cdef int i, j, k, n_copied = 0
+    cdef bint fast
     # The columns being filled, in locals that the copies cannot alias, so the
     # compiler keeps them at hand instead of reloading them after each copy.
     cdef int copied[MAX_KEYS]               # their key indexes
+    cdef int slot[MAX_KEYS]                 # by key index: its column here, or -1
     cdef char* data[MAX_KEYS]
     cdef int32_t* offsets[MAX_KEYS]
     cdef Py_ssize_t end[MAX_KEYS]           # the bytes in each
+    cdef Py_ssize_t row_end[MAX_KEYS]       # ... with the row being copied
     cdef Py_ssize_t room[MAX_KEYS]          # what each can hold and still take a whole block
     cdef Py_ssize_t readable = s.size - COPY_BLOCK   # a value starting before this can be
                                                      # read a block at a time
     if s.n_rows == 0 and _columns_start(c, s, wanted & s.present) < 0:
         return ARROW_NO_MEMORY
     for r in range(s.n_rows):
+        fast = False
+        if r > 0 and s.ascii:
+            pos = s.pos
+            if s.size - pos >= 4 and ff_get_i32(s.data + pos) == s.expected:
+                pos += 4
+                fast = True
+                for j in range(s.expected):
+                    k = s.order[j]
+                    n = 4 + t.key_len[k]
+                    if s.size - pos < n + 4 or not ff_equal(t.wire_key[k], s.data + pos, n):
+                        fast = False
+                        break
+                    pos += n
+                    n = ff_get_i32(s.data + pos)
+                    pos += 4
+                    if n < 0 or n > s.size - pos:
+                        fast = False
+                        break
+                    i = slot[k]
+                    if i >= 0:
+                        at = end[i]
+                        if at + n > room[i]:
+                            if _grow_column(c, k, at + n + COPY_BLOCK) < 0:
+                                return ARROW_NO_MEMORY
+                            data[i] = c.data[k]
+                            room[i] = c.capacity[k] - COPY_BLOCK
+                        if pos + n <= readable:
+                            ff_copy_blocks(data[i] + at, s.data + pos, n)
+                        else:
+                            memcpy(data[i] + at, s.data + pos, n)
+                        row_end[i] = at + n
+                        offsets[i][r + 1] = <int32_t>(at + n)
+                    pos += n
+        if fast:
+            s.pos = pos
+            for i in range(n_copied):
+                end[i] = row_end[i]
+            continue
         if _scan_row(s, &row, r) < 0:
             return -1
         if r == 0:
             # A projection's first row says which keys every row carries.
             if _columns_start(c, s, wanted & s.present) < 0:
                 return ARROW_NO_MEMORY
-            for k in range(s.table.n_keys):
+            for k in range(t.n_keys):
+                slot[k] = -1
                 if (wanted & s.present) >> k & 1:
+                    slot[k] = n_copied
                     copied[n_copied] = k
                     data[n_copied] = c.data[k]
                     offsets[n_copied] = c.offsets[k]
