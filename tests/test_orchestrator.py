@@ -16,6 +16,7 @@ import collections
 import errno
 import logging
 import random
+import select
 import socket
 import struct
 import threading
@@ -601,19 +602,25 @@ def test_peer_closing_mid_frame_leaves_no_partial_batch(start_server, tmp_path, 
     assert batch_numbers(read_frames(tmp_path / "sink.bin")) == [1, 2, 4]
 
 
-def test_idle_connection_is_closed_and_others_go_on(start_server):
+def test_idle_connection_is_closed_and_others_go_on(start_server, caplog):
+    caplog.set_level(logging.INFO, logger="fastframe.orchestrator")
     server = start_server(idle_timeout=0.2)
     with Wire(server.address) as idle:
+        idle.send(numbered_batch(1))   # past its first header: the idle deadline applies
+        assert idle.ack() == SUCCESS
         assert idle.read_until_closed() == b""
     with Wire(server.address) as client:
-        client.send(numbered_batch(1))
+        client.send(numbered_batch(2))
         assert client.ack() == SUCCESS
     server.stop()
-    assert batch_numbers(server.sink.durable) == [1]
+    assert batch_numbers(server.sink.durable) == [1, 2]
+    lines = log_lines(caplog, "action: deadline")
+    assert len(lines) == 1 and "| deadline: idle |" in lines[0], lines
 
 
-def test_trickling_client_is_cut_at_the_frame_deadline(start_server):
+def test_trickling_client_is_cut_at_the_frame_deadline(start_server, caplog):
     # One byte every 50 ms never trips a 1 s idle timeout; the frame deadline does.
+    caplog.set_level(logging.INFO, logger="fastframe.orchestrator")
     server = start_server(idle_timeout=1.0, frame_timeout=0.3)
     data = numbered_batch(1)
     sent = 0
@@ -622,7 +629,8 @@ def test_trickling_client_is_cut_at_the_frame_deadline(start_server):
             for sent in range(1, len(data) + 1):
                 slow.send(data[sent - 1:sent])
                 time.sleep(0.05)
-                if slow.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"":
+                readable, _, _ = select.select([slow.sock], [], [], 0)
+                if readable and slow.sock.recv(1, socket.MSG_PEEK) == b"":
                     raise ConnectionResetError("closed by the orchestrator")
         assert sent < len(data)
     with Wire(server.address) as client:
@@ -630,6 +638,8 @@ def test_trickling_client_is_cut_at_the_frame_deadline(start_server):
         assert client.ack() == SUCCESS
     server.stop()
     assert batch_numbers(server.sink.durable) == [2]
+    lines = log_lines(caplog, "action: deadline")
+    assert len(lines) == 1 and "| deadline: frame |" in lines[0], lines
 
 
 def test_finished_the_sink_failed_is_answered_with_fail(start_server):
