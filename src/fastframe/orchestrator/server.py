@@ -113,6 +113,10 @@ class Orchestrator:
       frames (``None`` disables one);
     * ``max_invalid`` invalid frames in a row close the connection.
 
+    Under glibc, constructing one sets the process's malloc policy (one arena,
+    frame-sized blocks on the heap; see ``heap.py``) unless ``MALLOC_*`` or
+    ``GLIBC_TUNABLES`` is set: it is meant to own its process.
+
     ``compat=True`` writes the original orchestrator's DataBatch headers and
     leaves a stored FINISHED unanswered, as the original did. ``ssl_context``
     (``tls.server_context``) makes it TLS; with client certificates the
