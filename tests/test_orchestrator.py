@@ -1040,18 +1040,21 @@ def test_large_frames_beyond_the_frame_slots_wait_before_their_body(start_server
     assert sorted(batch_numbers(server.sink.durable)) == [1, 2, 3]
 
 
-def test_a_frame_whose_body_stalls_gives_its_slot_up(start_server):
+@pytest.mark.parametrize("sent", [1000, 100_000], ids=["reservation-lapses", "slot-lost"])
+def test_a_frame_whose_body_stalls_gives_its_place_up(start_server, sent):
     # Else one peer that stops mid-frame would hold the only slot until its
     # frame deadline (30 s here, past the healthy client's socket timeout).
+    # 1,000 bytes never turn the reservation into a slot; 100,000 do, and the
+    # slot goes at the next tick that sees no more.
     server = start_server(frame_slots=1, frame_timeout=30.0)
     orchestrator = server.orchestrator
     stalled, healthy = sized_batch(1, 150_000), sized_batch(2, 150_000)
     with Wire(server.address) as staller, Wire(server.address) as client:
-        staller.send(stalled[:1000])
+        staller.send(stalled[:sent])
         wait_for(lambda: orchestrator.budget.held > 0, "the stalled frame's buffer")
         client.send(healthy)
         assert client.ack() == SUCCESS
-        staller.send(stalled[1000:])   # it finishes after all, without a slot
+        staller.send(stalled[sent:])   # it finishes after all, without a slot
         assert staller.ack() == SUCCESS
     wait_for(lambda: orchestrator.slots.held == 0, "every slot back")
     server.stop()

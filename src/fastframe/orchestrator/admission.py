@@ -12,9 +12,11 @@ bounds the wait with its own deadline.
 process: at most ``depth`` large frames are in memory at once, from their
 header to their answer, and a connection that sends the header of one more
 waits before its body, which stays in the kernel's socket buffer rather than
-ours. A frame whose body arrives slower than ``SLOT_MIN_BYTES`` per
-``SLOT_TICK`` gives its slot up (its bytes stay charged to the budget), so a
-peer that stalls mid-frame cannot keep the gate closed for long.
+ours. Only frames whose bytes flow count: a frame's place is a reservation
+until ``SLOT_MIN_BYTES`` of it have arrived (or all of it), and lapses if
+they have not within ``SLOT_GRACE``; it is lost again if later ticks bring
+less than that. A peer that stalls mid-frame keeps only its bytes, charged
+to the budget, and cannot keep the gate closed.
 """
 from __future__ import annotations
 
@@ -143,70 +145,111 @@ class ByteBudget:
             waiter.grant()
 
 
-# A frame holding a slot must receive this many bytes per tick to keep it:
-# 640 KB/s, which any healthy sender on a LAN beats by far.
+# A frame holds its slot while it receives at least SLOT_MIN_BYTES per
+# SLOT_TICK (640 KB/s, which any healthy sender on a LAN beats by far); a
+# reservation must see that many bytes within SLOT_GRACE. A healthy client's
+# body is already in the socket buffer when its reservation is made, so the
+# loop's next read proves it; a burst of 200 stalled headers holds the gate
+# for 200 / depth graces.
 SLOT_TICK = 0.1
+SLOT_GRACE = 0.005
 SLOT_MIN_BYTES = 64 * 1024
 
 
 class FrameSlots:
     """At most ``depth`` large frames in memory, server-wide (one event loop).
 
-    ``take()`` a slot when a frame's header arrives, or ``wait(grant)`` for one
-    (``grant()`` is called with the slot taken); ``release()`` it when the
-    frame is answered. While its body arrives, the frame is ``receiving(who)``
-    until ``received(who)``: every ``SLOT_TICK`` one that got fewer than
-    ``SLOT_MIN_BYTES`` since the last tick loses its slot, and
-    ``who.slot_lost()`` is called.
+    A frame's header calls ``admit(who)``: ``True`` if a place is reserved
+    for it; else ``who`` queues and ``who.slot_granted()`` is called once one
+    is. ``arrived(who, complete)`` when SLOT_MIN_BYTES of its body, or all of
+    it, are in: ``True`` if the reservation became a slot (still watched
+    until complete), ``False`` if it had lapsed. ``who.slot_lost()`` is called
+    when a reservation lapses or a slot's body slows down. ``drop(who)`` gives
+    up the frame being received; ``release()`` a complete frame's slot, once
+    it is answered.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, depth: int) -> None:
         if depth < 1:
             raise ValueError(f"the frame slot depth must be >= 1, not {depth}")
         self.depth = depth
-        self.held: int = 0
+        self.held: int = 0                  # slots: frames whose bytes came fast
         self._loop = loop
-        self._waiters: Deque[Callable[[], None]] = collections.deque()
-        self._receiving: Dict[Any, int] = {}   # who -> its progress at the last tick
+        self._reserved: Dict[Any, asyncio.TimerHandle] = {}
+        self._waiters: Deque[Any] = collections.deque()
+        self._receiving: Dict[Any, int] = {}   # slot holders still receiving -> progress
         self._ticking = False
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def take(self) -> bool:
-        if self.held < self.depth:
-            self.held += 1
+    @property
+    def reserved(self) -> int:
+        return len(self._reserved)
+
+    def _room(self) -> bool:
+        return self.held + len(self._reserved) < self.depth
+
+    def admit(self, who: Any) -> bool:
+        if self._room():
+            self._reserve(who)
             return True
+        self._waiters.append(who)
         return False
 
-    def wait(self, grant: Callable[[], None]) -> object:
-        """Queue for a slot; the returned handle goes to ``cancel``."""
-        self._waiters.append(grant)
-        return grant
-
-    def cancel(self, handle: Optional[object]) -> None:
+    def cancel(self, who: Any) -> None:
+        """``who`` no longer waits (its deadline passed, its connection closed)."""
         try:
-            self._waiters.remove(handle)  # type: ignore[arg-type]
+            self._waiters.remove(who)
         except ValueError:
             pass
 
+    def arrived(self, who: Any, complete: bool) -> bool:
+        timer = self._reserved.pop(who, None)
+        if timer is None:
+            return False
+        timer.cancel()
+        self.held += 1
+        if not complete:
+            self._watch(who)
+        return True
+
+    def received(self, who: Any) -> None:
+        """A slot holder's frame is complete: its slot stays until ``release()``."""
+        self._receiving.pop(who, None)
+
+    def drop(self, who: Any) -> None:
+        timer = self._reserved.pop(who, None)
+        if timer is not None:
+            timer.cancel()
+        elif self._receiving.pop(who, None) is not None:
+            self.held -= 1
+        self._grant()
+
     def release(self) -> None:
         self.held -= 1
-        while self._waiters and self.held < self.depth:
-            self.held += 1
-            self._waiters.popleft()()
+        self._grant()
 
-    def receiving(self, who: Any) -> None:
-        """``who`` (with ``body_progress()`` and ``slot_lost()``) holds a slot, its body arriving."""
+    def _reserve(self, who: Any) -> None:
+        self._reserved[who] = self._loop.call_later(SLOT_GRACE, self._lapse, who)
+
+    def _lapse(self, who: Any) -> None:
+        if self._reserved.pop(who, None) is not None:
+            who.slot_lost()
+            self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self._room():
+            who = self._waiters.popleft()
+            self._reserve(who)
+            who.slot_granted()
+
+    def _watch(self, who: Any) -> None:
         self._receiving[who] = who.body_progress()
         if not self._ticking:
             self._ticking = True
             self._loop.call_later(SLOT_TICK, self._tick)
-
-    def received(self, who: Any) -> None:
-        """``who``'s frame is complete, or gone: its progress is no longer watched."""
-        self._receiving.pop(who, None)
 
     def _tick(self) -> None:
         slow = []
@@ -218,8 +261,9 @@ class FrameSlots:
                 self._receiving[who] = now
         for who in slow:
             del self._receiving[who]
-            self.release()
+            self.held -= 1
             who.slot_lost()
+        self._grant()
         self._ticking = bool(self._receiving)
         if self._ticking:
             self._loop.call_later(SLOT_TICK, self._tick)

@@ -30,9 +30,10 @@ most ``max(64 KiB, 2n)``. A complete frame keeps its charge until it is
 answered. At most ``_PIPELINE`` frames per connection are being processed or
 stored at once; reading pauses at that depth (``pause_reading``) instead of
 buffering more, and a paused read has no peer deadline: the wait is ours.
-A frame whose body is over ``_INLINE_BODY`` bytes holds one of the server's
-``FrameSlots`` from its header until it is answered (or until its body comes
-too slowly); smaller ones never wait for a slot.
+A frame whose body is over ``_INLINE_BODY`` bytes takes a place in the
+server's ``FrameSlots`` at its header (or waits for one there) and keeps it
+until it is answered, as long as its bytes come fast; smaller ones never
+wait for one.
 Deadlines live in ``server.deadlines`` (``deadlines.py``).
 
 Per frame (PROTOCOL.md §7–§8): a valid table batch or EOF is wrapped
@@ -55,6 +56,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, cast
 from .. import codec
 from ..errors import ProtocolError
 from ..schema import FRAME_HEADER_SIZE, TABLES_BY_OPCODE, Opcodes
+from .admission import SLOT_MIN_BYTES
 from .downstream import wrap_frame
 
 if TYPE_CHECKING:
@@ -74,6 +76,9 @@ _INLINE_BODY = 16 * 1024      # smaller bodies are wrapped on the loop, not the 
 _LOGGED_INVALID = 5           # invalid frames logged per connection; the rest are counted
 _SCRATCH = 64                 # where a read lands while the budget is awaited
 
+# A frame's place in server.slots (FrameSlots).
+_NO_SLOT, _RESERVED, _SLOT = 0, 1, 2
+
 # States (the table in the module docstring).
 FIRST_HEADER, IDLE, QUEUED, BODY, BUDGET, DRAINING = (
     "first_header", "idle", "queued", "body", "budget", "draining")
@@ -89,7 +94,7 @@ class _Frame:
         self.opcode = opcode
         self.body: Optional[memoryview] = body
         self.charge = charge                   # budget bytes held until answered
-        self.slot = slot                       # a FrameSlots slot held until answered
+        self.slot = slot                       # a FrameSlots slot, held until answered
         self.rows = rows
         self.wrapped: Optional[Tuple[bytes, Sequence[int]]] = None
         self.answer: Optional[bytes] = None    # SUCCESS, FAIL, or b"" (no answer)
@@ -132,8 +137,8 @@ class Connection(asyncio.BufferedProtocol):
         self._scratch_view: Optional[memoryview] = None   # made on first use
         self._scratch_filled = 0
         self._budget_wait: Optional[object] = None
-        self._slot_wait: Optional[object] = None
-        self._slot = False                     # the frame being received holds a slot
+        self._slot_wait = False                # waiting for a place in server.slots
+        self._slot = _NO_SLOT                  # the place of the frame being received
         # Frames received and not yet answered, in arrival order; the ones not
         # yet handed to the sink writer, in the same order.
         self._in_flight: List[_Frame] = []      # at most _PIPELINE
@@ -216,6 +221,9 @@ class Connection(asyncio.BufferedProtocol):
             if self._filled == self._length:
                 self._frame_done()
             elif self._filled == self._capacity:
+                if self._slot == _RESERVED and self._filled >= SLOT_MIN_BYTES:
+                    self._slot = (_SLOT if self.server.slots.arrived(self, complete=False)
+                                  else _NO_SLOT)
                 self._grow()   # the peer sent what the buffer holds: it may double
         elif state in (QUEUED, BODY, BUDGET):
             self._scratch_filled += nbytes
@@ -317,22 +325,20 @@ class Connection(asyncio.BufferedProtocol):
         self._filled = 0
         self._arm("frame", server.frame_timeout)
         if length > _INLINE_BODY:
-            if not server.slots.take():
+            if not server.slots.admit(self):
                 self.state = QUEUED
                 self._pause("slot")
-                self._slot_wait = server.slots.wait(self._slot_granted)
+                self._slot_wait = True
                 return
-            self._slot = True
-            server.slots.receiving(self)
+            self._slot = _RESERVED
         self.state = BODY
         if length == 0:
             self._frame_done()
 
-    def _slot_granted(self) -> None:
-        """A slot is ours: read the body (the frame deadline still runs)."""
-        self._slot_wait = None
-        self._slot = True
-        self.server.slots.receiving(self)
+    def slot_granted(self) -> None:
+        """A place is reserved for us: read the body (the frame deadline still runs)."""
+        self._slot_wait = False
+        self._slot = _RESERVED
         self.state = BODY
         self._resume("slot")
         if self._scratch_filled:
@@ -343,15 +349,8 @@ class Connection(asyncio.BufferedProtocol):
         return self._filled + self._scratch_filled
 
     def slot_lost(self) -> None:
-        """The body came too slowly to keep its slot (the slot is released already)."""
-        self._slot = False
-
-    def _leave_slot(self) -> None:
-        """The frame being received is given up: its slot goes back."""
-        if self._slot:
-            self._slot = False
-            self.server.slots.received(self)
-            self.server.slots.release()
+        """The body did not come fast enough to keep a place (already given back)."""
+        self._slot = _NO_SLOT
 
     def _grow(self) -> None:
         """A bigger frame buffer: ``min(length, max(64 KiB, 2 × capacity))``, if budgeted.
@@ -403,13 +402,15 @@ class Connection(asyncio.BufferedProtocol):
         if self._budget_wait is not None:
             self.server.budget.cancel(self._budget_wait)
             self._budget_wait = None
-        if self._slot_wait is not None:
-            self.server.slots.cancel(self._slot_wait)
-            self._slot_wait = None
+        if self._slot_wait:
+            self.server.slots.cancel(self)
+            self._slot_wait = False
 
     def _drop_body(self) -> None:
-        """Give up the frame being received, its charge and its slot."""
-        self._leave_slot()
+        """Give up the frame being received, its charge and its place in the slots."""
+        if self._slot != _NO_SLOT:
+            self._slot = _NO_SLOT
+            self.server.slots.drop(self)
         if self._capacity:
             self.server.budget.release(self._capacity)
         self._body_view = None
@@ -432,13 +433,16 @@ class Connection(asyncio.BufferedProtocol):
         rows = (int.from_bytes(body[:4], "little")
                 if opcode in TABLES_BY_OPCODE and length >= 4 else 0)
         refusal = self._finished_refusal(body) if opcode == Opcodes.FINISHED else None
-        entry = _Frame(opcode, body, self._capacity, self._slot, rows, refusal is None)
-        if self._slot:
+        slot = self._slot == _SLOT
+        if self._slot == _RESERVED:
+            slot = server.slots.arrived(self, complete=True)
+        elif slot:
             server.slots.received(self)
+        entry = _Frame(opcode, body, self._capacity, slot, rows, refusal is None)
         # The buffer, its charge and its slot now belong to the frame.
         self._body_view = None
         self._capacity = self._filled = 0
-        self._slot = False
+        self._slot = _NO_SLOT
         server.counters.bytes_in += FRAME_HEADER_SIZE + length
         self._in_flight.append(entry)
         self._unsubmitted.append(entry)
