@@ -285,7 +285,9 @@ def test_polars_reads_it(codec):
 
 
 def test_duckdb_reads_it(codec):
-    duckdb = pytest.importorskip("duckdb", reason="DuckDB is an optional consumer")
+    duckdb = pytest.importorskip("duckdb", minversion="1.5",
+                                 reason="DuckDB (1.5 or later, which reads an Arrow array's "
+                                        "PyCapsules; Python 3.10 on) is an optional consumer")
     batch = codec.decode_arrow(items_frame(codec))
     con = duckdb.connect()
     try:
