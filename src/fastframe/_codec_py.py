@@ -20,6 +20,7 @@ from typing import (
     Sequence, Tuple, Union, overload,
 )
 
+from ._buffers import byte_view
 from .errors import CsvError, ProtocolError
 from .rows import DictRow, RowType, TableRow, TupleRow
 from .schema import (
@@ -84,7 +85,7 @@ def _bytes_of(buf: Any) -> Any:
     """``buf`` as a sequence of its bytes: ``len`` and offsets count bytes, not items."""
     if type(buf) is bytes or type(buf) is bytearray:
         return buf
-    return memoryview(buf).cast("B")
+    return byte_view(buf)
 
 
 def _check_offset(offset: int) -> None:
@@ -561,15 +562,17 @@ def _fast_rows(opcode: int, body: bytes, n_rows: int, n_keys: int) -> Optional[L
 def _table_rows(opcode: int, body: Any,
                 projected: bool) -> Tuple[int, int, Tuple[str, ...], List[Any]]:
     """``_scan_rows``'s result, through a fast path when one applies."""
+    # One copy of the body, then every read is of bytes: linear on any
+    # interpreter, whatever view the caller passed (_buffers.byte_view).
+    data = body if type(body) is bytes else bytes(body)
     if not projected:
-        data = body if type(body) is bytes else bytes(body)
         n_rows, batch_number, status = _read_table_header(data, len(data), opcode)
         if n_rows <= (len(data) - 13) // 4:
             spec = TABLES_BY_OPCODE[opcode]
             rows = _fast_rows(opcode, data, n_rows, len(spec.required_keys))
             if rows is not None:
                 return batch_number, status, spec.required_keys, rows
-    return _scan_rows(opcode, body, projected)
+    return _scan_rows(opcode, data, projected)
 
 
 @overload
@@ -981,7 +984,7 @@ def _parse_number(name: str, r: int, value: str, dtype: str) -> Any:
 def _table_batch(frame: Any, consumer: str) -> Tuple[int, memoryview, bool]:
     """A table frame, or a DataBatch frame embedding one -> ``(opcode, body, projected)``."""
     opcode, length = read_frame_header(frame, 0, 0x7FFFFFFF)
-    view = memoryview(frame).cast("B")
+    view = byte_view(frame)
     if len(view) != 5 + length:
         raise ProtocolError(f"frame length {length} does not match the {len(view) - 5} "
                             f"bytes given", opcode)

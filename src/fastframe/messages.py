@@ -14,6 +14,7 @@ from typing import (
 )
 
 from . import codec
+from ._buffers import byte_view
 from .errors import ProtocolError
 from .rows import (
     DictRow, RawMenuItems, RawStore, RawTransaction, RawTransactionItem, RawUser, RowType,
@@ -467,7 +468,7 @@ class DataBatch(_Message, Generic[_Embedded]):
         (self.table_ids, self.query_ids, self.reserved_u16, self.batch_number, self.meta,
          self.total_shards, self.shard_num, inner_opcode,
          inner_at) = codec.impl.decode_databatch_body(body)
-        view = memoryview(body).cast("B")
+        view = byte_view(body)
         self.batch_bytes = bytes(view[inner_at - FRAME_HEADER_SIZE:])
         embedded: Any = decode_message(inner_opcode, view[inner_at:], row_type, projected=True)
         self._batch_msg = embedded  # of _Embedded: the row type the caller's row_type chose
@@ -555,7 +556,7 @@ def decode_frame(frame: "Buffer", max_frame: int = DEFAULT_MAX_FRAME,
     A header that disagrees with the bytes given raises a fatal ``ProtocolError``.
     """
     opcode, length = codec.impl.read_frame_header(frame, 0, max_frame)
-    view = memoryview(frame).cast("B")  # lengths count bytes, whatever the item size
+    view = byte_view(frame)  # lengths count bytes, whatever the item size
     if len(view) != FRAME_HEADER_SIZE + length:
         raise ProtocolError(
             f"frame length {length} does not match the {len(view) - FRAME_HEADER_SIZE} "
