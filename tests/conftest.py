@@ -37,23 +37,6 @@ def pytest_runtest_setup(item):
         pytest.skip(NO_EXTENSION)
 
 
-# On PyPy the pure codec decodes a DataBatch in superlinear time (1,000 rows take
-# over 15 s), so the system tests, which decode thousands, would not finish;
-# until that is fixed they skip there. The codec's and the client's tests run.
-SLOW_ON_PYPY = ("test_cli.py", "test_end_to_end.py", "test_faults.py", "test_finished_ack.py",
-                "test_hostile_load.py",
-                "test_load.py", "test_orchestrator.py", "test_rabbitmq_system.py")
-
-
-def pytest_collection_modifyitems(items):
-    if platform.python_implementation() == "PyPy":
-        skip = pytest.mark.skip(reason="PyPy: the pure codec decodes DataBatch frames in superlinear "
-                                       "time there, which system tests spend minutes on (conftest.py)")
-        for item in items:
-            if item.path.name in SLOW_ON_PYPY:
-                item.add_marker(skip)
-
-
 @pytest.fixture(params=IMPLEMENTATIONS)
 def codec(request, monkeypatch):
     if request.param == "c" and PURE_BY_DESIGN:
