@@ -307,6 +307,34 @@ def test_window_batches_go_out_before_any_ack(tmp_path, window):
     assert summary.rows == {"users": 40}
 
 
+def test_eof_waits_for_its_tables_acks_and_the_next_table_not_for_the_eofs(tmp_path):
+    # The EOF goes out only once every batch of its table is stored, so it
+    # reaches downstream after them; the next table need not wait for the
+    # EOF's own ACK, so a slow sink costs one wait per table, not two.
+    write_dataset(tmp_path, {"menu_items": [6], "stores": [4]}, skipped=False)
+    order: List[str] = []
+
+    def handler(conn):
+        last = [conn.read() for _ in range(3)]   # menu_items: three 2-row batches
+        assert conn.idle(0.3), "the EOF went out before its table's batches were ACKed"
+        for _ in last:
+            conn.ack()
+        eof = conn.read()
+        assert eof.opcode == Opcodes.EOF
+        nxt = conn.read()   # unanswered EOF: the stores batch must come anyway
+        order.extend([eof.table, nxt.table])
+        conn.ack()
+        conn.ack()
+        ack_all(conn)
+
+    with FakeServer(handler) as server:
+        # A client waiting for the EOF's ACK would wait out its timeout: fail fast.
+        summary = make_client(server.address, batch_rows=2, window=8, timeout=3.0,
+                              connect_attempts=1).send_folder(tmp_path)
+    assert order == ["menu_items", "stores"]
+    assert summary.rows == {"menu_items": 6, "stores": 4}
+
+
 def _fail_batch(number: int, times: int):
     """A handler that answers FAIL the first ``times`` times it sees stores batch ``number``."""
     def handler(conn):

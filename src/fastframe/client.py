@@ -4,7 +4,8 @@ Tables go in spec order, each table's CSV files in sorted order, as batches
 of at most ``max_batch_bytes`` (1 MiB, headers included) and ``batch_rows``
 rows; batch numbers run on across a table's files, the last batch of each
 file has status EOF, an EOF frame carrying the last batch number closes each
-table and FINISHED closes the stream. A file is read whole and its records
+table once all its batches are ACKed (the next table starts without waiting
+for the EOF's own ACK) and FINISHED closes the stream. A file is read whole and its records
 go straight from CSV bytes to frames (``codec.encode_csv_batch``, strict
 RFC 4180), one call per batch. Up to ``window`` batches are in flight
 before their ACKs are read; a BATCH_RECV_FAIL resends that batch (bounded,
@@ -441,9 +442,10 @@ class Client:
         self._drain()
         if self._cancel_signal is not None:
             self._cancel(batcher)
+        # The EOF's own ACK is read with the next table's: only this table's
+        # batches must be stored before it, not it before the next table.
         eof = codec.impl.encode_eof_frame(batcher.number, spec.name)
         self._submit(_Batch(spec, None, batcher.number, eof, 0))
-        self._drain()
         return batcher
 
     def _cancel(self, batcher: _Batcher) -> None:
@@ -470,6 +472,7 @@ class Client:
         that never answers FINISHED, as the original) a clean close counts as
         stored, which cannot be told from a server that died before storing.
         """
+        self._drain()   # the last table's EOF
         frame = codec.impl.encode_finished_frame(self.agency_id)
         rejected = unanswered = 0
         while True:
