@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import pika
 import pika.exceptions
+import pika.spec
 import pytest
 
 from fastframe.sinks import SinkError, open_sink
 from fastframe.sinks.rabbitmq import (
-    QUERY_IDS, RabbitMQSink, Topology, TopologyError, queue_name, read_queue, routing_key,
+    QUERY_IDS, RabbitMQSink, _PublishingConnection, Topology, TopologyError, queue_name, read_queue, routing_key,
 )
 from rabbitmq_broker import (  # noqa: F401, F811 (fixtures)
     amqp_exchange,
@@ -335,3 +337,58 @@ def test_a_connection_dropped_for_missed_heartbeats_while_idle_is_replaced(
         sink.close()
     assert read_queue(rabbitmq_url, 2, exchange=amqp_exchange) == [frame, frame]
     assert [r for r in caplog.records if "connection to" in r.getMessage() and "lost" in r.getMessage()]
+
+
+# -- the PipelinedSink interface: publish now, settle as the broker confirms -------------------
+
+def test_sent_frames_are_published_before_any_confirm_is_awaited(
+    sink, rabbitmq_url, amqp_exchange, golden_frames
+):
+    frames = [data for _, data, _ in golden_frames]
+    numbers = [sink.send(data, [2]) for data in frames]
+    # No settle() yet: the frames are already on their way, and queued.
+    assert read_queue(rabbitmq_url, 2, exchange=amqp_exchange, timeout=5.0) == frames
+    settled = []
+    while len(settled) < len(numbers):
+        settled += sink.settle(10.0)
+    assert sorted(settled) == [(n, None) for n in numbers]
+    assert sink.settle(10.0) == []   # nothing outstanding: at once
+
+
+def test_wake_ends_a_settle_waiting_on_a_broker_that_blocks_publishers(
+    sink, rabbitmq_url, amqp_exchange, frame
+):
+    rabbitmqctl("set_vm_memory_high_watermark", "0")   # a memory alarm: publishers blocked
+    try:
+        number = sink.send(frame, [2])
+        waker = threading.Timer(0.5, sink.wake)
+        waker.start()
+        started = time.monotonic()
+        assert sink.settle(60.0) == []
+        assert time.monotonic() - started < 30, "wake() did not end the settle"
+        waker.join()
+    finally:
+        rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+    settled = []
+    while not settled:
+        settled = sink.settle(10.0)
+    assert settled == [(number, None)]
+    assert read_queue(rabbitmq_url, 2, exchange=amqp_exchange) == [frame]
+
+
+@pytest.mark.parametrize("size", [0, 1, 131_064, 131_065, 1 << 20])
+def test_a_message_is_framed_byte_for_byte_as_pika_frames_it(size):
+    # The sink frames bodies itself, with one copy (rabbitmq._PublishingConnection);
+    # what goes on the wire must stay pika's own framing.
+    def framed(cls):
+        connection = object.__new__(cls)
+        connection._body_max_length = 131_072 - 8
+        out = []
+        connection._output_marshaled_frames = lambda frames: out.extend(bytes(f) for f in frames)
+        method = pika.spec.Basic.Publish(exchange="x", routing_key="query.1.3.4", mandatory=True)
+        properties = pika.BasicProperties(delivery_mode=2, message_id="abc.1")
+        cls._send_message(connection, 1, method, (properties, bytes(range(256)) * (size // 256)
+                                                  + bytes(size % 256)))
+        return out
+
+    assert framed(_PublishingConnection) == framed(pika.SelectConnection)

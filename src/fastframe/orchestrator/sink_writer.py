@@ -1,19 +1,22 @@
-"""The sink writer: the one thread that touches the sink, committing in groups.
+"""The sink writer: the one thread that touches the sink.
 
 Sinks are blocking libraries (``os.write`` + ``fsync``, pika), so they live
-on a thread of their own rather than on the event loop. The writer takes
-every batch waiting, writes them, flushes once (group commit) and only then
-reports the group stored; the orchestrator sends BATCH_RECV_SUCCESS on that
-report and never before.
+on a thread of their own rather than on the event loop. For a plain sink the
+writer takes every batch waiting, writes them, flushes once (group commit)
+and only then reports the group stored. A ``PipelinedSink`` (RabbitMQ) is
+not waited on group by group: each batch is sent as soon as it is submitted,
+while earlier ones await their confirms, and reported once it is settled.
+Either way the reports come in submission order, and the orchestrator sends
+BATCH_RECV_SUCCESS on a report and never before.
 """
 from __future__ import annotations
 
 import collections
 import logging
 import threading
-from typing import Callable, Deque, FrozenSet, List, Optional, Sequence
+from typing import Callable, Deque, Dict, FrozenSet, List, Optional, Sequence
 
-from ..sinks import Sink, SinkError
+from ..sinks import PipelinedSink, Sink, SinkError
 
 __all__ = ["SinkWriter", "Done"]
 
@@ -23,13 +26,19 @@ Done = Callable[[bool], None]
 """Told ``True`` once a batch is durable in the sink, ``False`` if it is not."""
 
 
+# How long a pipelined writer waits in settle() before looking again; submit()
+# wakes it sooner, so this only bounds how stale a missed wake-up can make it.
+_SETTLE_WAIT = 1.0
+
+
 class _Ticket:
-    __slots__ = ("frame", "query_ids", "done")
+    __slots__ = ("frame", "query_ids", "done", "ok")
 
     def __init__(self, frame: bytes, query_ids: Sequence[int], done: Done) -> None:
         self.frame = frame
         self.query_ids = query_ids
         self.done = done
+        self.ok: Optional[bool] = None   # pipelined: set once the sink settled it
 
 
 def _run_now(report: Callable[[], None]) -> None:
@@ -53,7 +62,10 @@ class SinkWriter:
         self.frames_written: int = 0
         self.bytes_written: int = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="fastframe-sink", daemon=True)
+        self._settling = False   # the writer may be waiting in the sink's settle()
+        pipelined = isinstance(sink, PipelinedSink)
+        self._thread = threading.Thread(target=self._run_pipelined if pipelined else self._run,
+                                        name="fastframe-sink", daemon=True)
         self._thread.start()
 
     def submit(self, frame: bytes, query_ids: Sequence[int], done: Done) -> None:
@@ -62,9 +74,15 @@ class SinkWriter:
         Frames are written in the order submitted, so one connection's
         batches reach the sink in the order they arrived.
         """
+        self._put(_Ticket(frame, query_ids, done))
+
+    def _put(self, item: Optional[_Ticket]) -> None:
         with self._ready:
-            self._queue.append(_Ticket(frame, query_ids, done))
+            self._queue.append(item)
             self._ready.notify()
+            wake = self._settling
+        if wake:
+            self._sink.wake()   # type: ignore[attr-defined]  # only set for a PipelinedSink
 
     def store(self, frame: bytes, query_ids: Sequence[int]) -> bool:
         """``submit`` and wait: ``True`` once durable, ``False`` if the sink failed.
@@ -99,6 +117,67 @@ class SinkWriter:
             if len(tickets) < len(group):
                 return
 
+    def _run_pipelined(self) -> None:
+        sink = self._sink
+        assert isinstance(sink, PipelinedSink)
+        unsettled: Dict[int, _Ticket] = {}   # by the sink's number
+        unreported: Deque[_Ticket] = collections.deque()   # in submission order
+        closing = False
+        while not closing or unsettled:
+            with self._ready:
+                while not self._queue and not unsettled and not closing:
+                    self._ready.wait()
+                group = list(self._queue)
+                self._queue.clear()
+                self._settling = True
+            for t in group:
+                if t is None:
+                    closing = True
+                    continue
+                unreported.append(t)
+                try:
+                    unsettled[sink.send(t.frame, t.query_ids)] = t
+                except Exception as exc:
+                    t.ok = False
+                    self._log_failure(1, exc)
+            if unsettled:
+                self._settle(sink, unsettled)
+            with self._ready:
+                self._settling = False
+            done: List[_Ticket] = []
+            while unreported and unreported[0].ok is not None:
+                done.append(unreported.popleft())
+            if done:
+                self._report(done, [t.ok is True for t in done])
+
+    def _settle(self, sink: PipelinedSink, unsettled: Dict[int, _Ticket]) -> None:
+        """Wait for the sink to settle some of ``unsettled``; mark and drop those."""
+        try:
+            settled = sink.settle(_SETTLE_WAIT)
+        except Exception as exc:   # a bug in the sink: what it holds fails
+            self._log_failure(len(unsettled), exc)
+            for held in unsettled.values():
+                held.ok = False
+            unsettled.clear()
+            return
+        reasons: List[str] = []
+        for number, reason in settled:
+            t = unsettled.get(number)
+            if t is None:   # failed already, when a settle() raised
+                continue
+            del unsettled[number]
+            t.ok = reason is None
+            if reason is not None:
+                reasons.append(reason)
+        if reasons:
+            self._log_failure(len(reasons), SinkError("; ".join(sorted(set(reasons)))))
+
+    def _log_failure(self, batches: int, error: Exception) -> None:
+        # SinkError is the contract; anything else is a bug in the sink, and
+        # must not end this thread: every connection waits on it.
+        log.error("action: sink_write | result: fail | batches: %d | error: %s",
+                  batches, error, exc_info=not isinstance(error, SinkError))
+
     def _commit(self, tickets: List[_Ticket]) -> None:
         # One round of the sink contract (sinks/__init__.py): write the group,
         # flush once; a failed write fails the whole round, a failed flush the
@@ -118,12 +197,10 @@ class SinkWriter:
         except Exception as exc:
             failed, error = None, error or exc
         if error is not None:
-            # SinkError is the contract; anything else is a bug in the sink, and
-            # must not end this thread: every connection waits on it.
-            log.error("action: sink_write | result: fail | batches: %d | error: %s",
-                      len(tickets) if failed is None else len(failed), error,
-                      exc_info=not isinstance(error, SinkError))
-        outcomes = [failed is not None and i not in failed for i in range(len(tickets))]
+            self._log_failure(len(tickets) if failed is None else len(failed), error)
+        self._report(tickets, [failed is not None and i not in failed for i in range(len(tickets))])
+
+    def _report(self, tickets: List[_Ticket], outcomes: List[bool]) -> None:
         for ok, t in zip(outcomes, tickets):
             if ok:
                 self.frames_written += 1
@@ -144,8 +221,6 @@ class SinkWriter:
         if self._closed:
             return
         self._closed = True
-        with self._ready:
-            self._queue.append(None)
-            self._ready.notify()
+        self._put(None)
         self._thread.join()
         self._sink.close()

@@ -22,14 +22,33 @@ that makes ACKs safe:
 A sink that only ever raises a plain ``SinkError(message)`` keeps the old,
 all-or-nothing meaning (``failed is None``).
 
+A sink whose writes become durable somewhere else (a broker's confirms) may
+also be a ``PipelinedSink``: then the orchestrator does not wait for one
+group's flush before handing over the next frames, it sends each frame as it
+comes and is told, frame by frame, when each is durable:
+
+* ``send(frame, query_ids)`` hands over one frame and returns its number
+  (0, 1, 2, … across the sink's life); ``SinkError`` when it cannot take it,
+  and then that frame alone is not stored.
+* ``settle(timeout)`` waits up to ``timeout`` seconds for sent frames to be
+  settled and returns those settled since the last call, as ``(number,
+  None)`` for a durable frame and ``(number, reason)`` for one that is not.
+  It returns early, possibly with nothing, when ``wake()`` is called. Every
+  sent frame is settled within a bound of the sink's own (RabbitMQ: its
+  confirm timeout, plus reconnecting).
+* ``wake()`` is the one method another thread may call.
+
+A sink is used through one interface only: ``write``/``flush`` rounds or
+``send``/``settle``.
+
 ``open_sink(url)`` builds a sink from the command line's ``--sink`` value:
 ``file:PATH`` (the default kind) or ``amqp://USER:PASS@HOST:PORT/VHOST``.
 """
 from __future__ import annotations
 
-from typing import AbstractSet, Any, FrozenSet, Optional, Protocol, Sequence
+from typing import AbstractSet, Any, FrozenSet, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
-__all__ = ["QUEUE_TYPES", "Sink", "SinkError", "open_sink"]
+__all__ = ["QUEUE_TYPES", "PipelinedSink", "Sink", "SinkError", "open_sink"]
 
 # The RabbitMQ queue types the amqp sink and the consumer can declare.
 QUEUE_TYPES = ("classic", "quorum")
@@ -53,6 +72,15 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PipelinedSink(Sink, Protocol):
+    def send(self, frame: bytes, query_ids: Sequence[int]) -> int: ...
+
+    def settle(self, timeout: float) -> List[Tuple[int, Optional[str]]]: ...
+
+    def wake(self) -> None: ...
 
 
 def open_sink(url: str, **options: Any) -> Sink:
