@@ -2382,6 +2382,25 @@ cdef void _shrink_column(StringColumns* c, int k, Py_ssize_t size) noexcept nogi
 cdef enum:
     ARROW_NO_MEMORY = -2
 
+
+cdef inline int _copy_value(StringColumns* c, int k, char** data, Py_ssize_t* room,
+                            Py_ssize_t at, const char* value, Py_ssize_t n,
+                            bint readable) noexcept nogil:
+    """Put the ``n`` bytes at ``value`` at ``at`` in column ``k``, whose buffer
+    ``*data`` takes a whole copy block up to ``*room`` (both updated when it grows);
+    ``readable``: a block can be read from ``value``. ARROW_NO_MEMORY if it cannot grow."""
+    if at + n > room[0]:
+        if _grow_column(c, k, at + n + COPY_BLOCK) < 0:
+            return ARROW_NO_MEMORY
+        data[0] = c.data[k]
+        room[0] = c.capacity[k] - COPY_BLOCK
+    if readable:
+        ff_copy_blocks(data[0] + at, value, n)
+    else:
+        memcpy(data[0] + at, value, n)
+    return 0
+
+
 cdef int _scan_to_columns(Scan* s, StringColumns* c, unsigned int wanted) noexcept nogil:
     """Validate the rows after the header and append the ``wanted`` values the batch
     carries to their columns in ``c``: -1 on a scan error (in ``s``), ARROW_NO_MEMORY.
@@ -2431,15 +2450,9 @@ cdef int _scan_to_columns(Scan* s, StringColumns* c, unsigned int wanted) noexce
                     i = slot[k]
                     if i >= 0:
                         at = end[i]
-                        if at + n > room[i]:
-                            if _grow_column(c, k, at + n + COPY_BLOCK) < 0:
-                                return ARROW_NO_MEMORY
-                            data[i] = c.data[k]
-                            room[i] = c.capacity[k] - COPY_BLOCK
-                        if pos + n <= readable:
-                            ff_copy_blocks(data[i] + at, s.data + pos, n)
-                        else:
-                            memcpy(data[i] + at, s.data + pos, n)
+                        if _copy_value(c, k, &data[i], &room[i], at, s.data + pos, n,
+                                       pos + n <= readable) < 0:
+                            return ARROW_NO_MEMORY
                         row_end[i] = at + n
                         offsets[i][r + 1] = <int32_t>(at + n)
                     pos += n
@@ -2469,15 +2482,9 @@ cdef int _scan_to_columns(Scan* s, StringColumns* c, unsigned int wanted) noexce
             at = end[i]
             n = row.length[k]
             start = row.start[k]
-            if at + n > room[i]:
-                if _grow_column(c, k, at + n + COPY_BLOCK) < 0:
-                    return ARROW_NO_MEMORY
-                data[i] = c.data[k]
-                room[i] = c.capacity[k] - COPY_BLOCK
-            if start + n <= readable:
-                ff_copy_blocks(data[i] + at, s.data + start, n)
-            else:
-                memcpy(data[i] + at, s.data + start, n)
+            if _copy_value(c, k, &data[i], &room[i], at, s.data + start, n,
+                           start + n <= readable) < 0:
+                return ARROW_NO_MEMORY
             end[i] = at + n
             # A body is at most 2**31 - 1 bytes: every offset fits an int32.
             offsets[i][r + 1] = <int32_t>(at + n)
