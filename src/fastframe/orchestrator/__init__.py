@@ -7,7 +7,7 @@ One file per job:
   which deadline, which buffer it owns;
 * ``admission``   — the connection cap and the byte budget for frame buffers;
 * ``downstream``  — what a client frame becomes (``HeaderPolicy``, ``wrap_frame``);
-* ``sink_writer`` — ``SinkWriter``: the thread that owns the sink, group commit;
+* ``sink_writer`` — ``SinkWriter``: the thread that owns the sink (group commit, or pipelined);
 * ``tls``         — mutual TLS contexts, the agency a client certificate names.
 """
 from __future__ import annotations

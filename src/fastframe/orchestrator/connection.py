@@ -70,8 +70,8 @@ _SUCCESS = bytes([Opcodes.BATCH_RECV_SUCCESS, 0, 0, 0, 0])
 _FAIL = bytes([Opcodes.BATCH_RECV_FAIL, 0, 0, 0, 0])
 _FIRST_CHUNK = 64 * 1024      # a frame buffer's first size; it doubles from there
 _PIPELINE = 8                 # frames per connection being processed or stored at once:
-                              # the client's default window, so a slow sink round (RabbitMQ
-                              # confirms) still leaves the next batches in process
+                              # the client's default window, so batches awaiting RabbitMQ's
+                              # confirms still leave the next ones in process
 _INLINE_BODY = 16 * 1024      # smaller bodies are wrapped on the loop, not the executor
 _LOGGED_INVALID = 5           # invalid frames logged per connection; the rest are counted
 _SCRATCH = 64                 # where a read lands while the budget is awaited
