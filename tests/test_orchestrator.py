@@ -470,6 +470,20 @@ def test_table_eof_and_finished_are_forwarded_with_their_headers(start_server, s
     assert finished.batch_msg == Finished(4242)
 
 
+def test_answers_go_out_at_once_on_either_event_loop(start_server):
+    # Without TCP_NODELAY on the accepted socket, an answer the client waits for
+    # (the last of a window, FINISHED's) sat out the client's delayed ACK: asyncio's
+    # own loop does not set it on these sockets, uvloop does (the suite runs both).
+    server = start_server()
+    with socket.create_connection(server.address, timeout=JOIN_TIMEOUT):
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while not server.orchestrator.live and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (conn,) = list(server.orchestrator.live)
+        accepted = conn.transport.get_extra_info("socket")
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 def test_acks_come_back_in_order_for_a_pipelined_stream(start_server):
     server = start_server()
     good = [numbered_batch(n) for n in range(1, 6)]
