@@ -89,6 +89,7 @@ from fastframe import _codec_py
 from fastframe.client import Client
 from fastframe.framing import FrameReader
 from fastframe.orchestrator import Orchestrator
+from fastframe.orchestrator.server import event_loop_choice
 from fastframe.schema import Opcodes, TableSpec
 from fastframe.sinks.file import FileSink
 
@@ -1074,7 +1075,8 @@ def environment(codecs: Dict[str, Any]) -> Dict[str, Any]:
         "codecs": {name: getattr(m, "__file__", "?") for name, m in codecs.items()},
         "c_codec": c_path or "not built (fastframe._codec_c does not import)",
         "packages": {name: _version(name) for name in
-                     ("msgpack", "msgspec", "orjson", "Cython", "pytest-benchmark")},
+                     ("msgpack", "msgspec", "orjson", "Cython", "pytest-benchmark", "pika")},
+        "event_loop": event_loop_choice(),
     }
 
 
@@ -1333,6 +1335,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"fastframe {env['fastframe']} from {Path(fastframe.__file__).parent}; "
           f"codecs: {', '.join(codecs) or 'none'}; C codec: {env['c_codec']}")
     print("packages: " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()))
+    print(f"loop:     the orchestrators run on {env['event_loop']}'s event loop "
+          "(FASTFRAME_EVENT_LOOP; uvloop when installed)")
     print(f"data:     {wl.source} -> {wl.folder}")
     for table, batch in wl.batches.items():
         print(f"          {table}: {batch.n_rows:,} rows in a {len(batch.frame):,}-byte frame")
