@@ -392,3 +392,29 @@ def test_a_message_is_framed_byte_for_byte_as_pika_frames_it(size):
         return out
 
     assert framed(_PublishingConnection) == framed(pika.SelectConnection)
+
+
+def test_a_frame_not_confirmed_in_time_fails_alone_and_the_sink_goes_on(
+    rabbitmq_url, amqp_exchange, frame
+):
+    sink = RabbitMQSink(rabbitmq_url, exchange=amqp_exchange, retry_delay=0.05,
+                        confirm_timeout=1.0)
+    try:
+        rabbitmqctl("set_vm_memory_high_watermark", "0")   # publishers blocked: no confirm
+        try:
+            number = sink.send(frame, [2])
+            settled = []
+            while not settled:
+                settled = sink.settle(10.0)
+            ((settled_number, reason),) = settled
+            assert settled_number == number
+            assert reason.startswith("no confirm from amqp://") and reason.endswith("within 1 s")
+        finally:
+            rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+        after = sink.send(frame, [2])
+        settled = []
+        while not settled:
+            settled = sink.settle(10.0)
+        assert settled == [(after, None)]
+    finally:
+        sink.close()

@@ -615,7 +615,7 @@ class RabbitMQSink:
                 f"{self._outstanding[number][1]!r} on exchange {self.exchange!r}")
             # A binding is missing: declare the topology again for the next frames.
             link = self._link
-            if link is not None:
+            if link is not None and not link.declaring:
                 link.declare()
 
     def _expire(self, now: float) -> None:
@@ -625,9 +625,10 @@ class RabbitMQSink:
                                            self._outstanding))
         if not expired:
             return
-        reason = f"no confirm from {self._where} within {self._confirm_timeout:.0f} s"
+        reason = f"no confirm from {self._where} within {self._confirm_timeout:g} s"
         for number in expired:
             self._settle_one(number, reason)
+        self._unsent = collections.deque(n for n in self._unsent if n in self._outstanding)
         if self._link is not None:
             self._link_lost(self._link, log_it=False)
 
