@@ -23,7 +23,9 @@ others decode a columnar map and convert each list); encode from dicts;
 project (the orchestrator's §8 step: validate, keep the query columns,
 re-encode); the orchestrator end to end (client frames replayed over loopback
 into ``Orchestrator`` + ``FileSink``) and the client (``Client.send_folder``,
-CSV to wire); then memory: the orchestrator's peak RSS with 32 clients
+CSV to wire); then sinks: the same send into the file sink, RabbitMQ (with
+``FASTFRAME_AMQP_URL``; the broker's own CPU too when ``.ci/rabbitmq.sh``
+started it) and a sink that settles at once; then memory: the orchestrator's peak RSS with 32 clients
 streaming, and tracemalloc's peak for one decode; then connections: the
 accept rate of ``fastframe serve``, its RSS per idle connection, and a healthy
 client's throughput beside 2,000 idle connections and without them.
@@ -700,10 +702,52 @@ def end_to_end(wl: workload.Workload, codecs: Dict[str, Any], frames: int, repea
 
 # -- sinks: file vs RabbitMQ ------------------------------------------------------
 
-def sink_comparison(wl: workload.Workload, repeats: int) -> Optional[List[Result]]:
+class InstantSink:
+    """A ``PipelinedSink`` that stores nothing and settles each frame at once: what
+    the client and the orchestrator reach when the sink costs nothing."""
+
+    def __init__(self) -> None:
+        self._sent: List[Tuple[int, Optional[str]]] = []
+
+    def send(self, frame: bytes, query_ids: Sequence[int]) -> int:
+        self._sent.append((len(self._sent), None))
+        return len(self._sent) - 1
+
+    def settle(self, timeout: float) -> List[Tuple[int, Optional[str]]]:
+        settled, self._sent = self._sent, []
+        return settled
+
+    def wake(self) -> None:
+        pass
+
+    def write(self, frame: bytes, query_ids: Sequence[int]) -> None:
+        raise AssertionError("a PipelinedSink is used through send/settle")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _broker_cpu_ns() -> Optional[int]:
+    """CPU time so far of the broker ``.ci/rabbitmq.sh`` started (its pid file is
+    ``RABBITMQ_PID_FILE``), or ``None`` for a broker elsewhere."""
+    try:
+        pid = int(Path(os.environ["RABBITMQ_PID_FILE"]).read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (KeyError, OSError, ValueError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) * 10**9 // os.sysconf("SC_CLK_TCK")
+
+
+def sink_comparison(wl: workload.Workload, repeats: int
+                    ) -> Optional[Tuple[List[Result], Optional[Dict[str, float]]]]:
     """The same ``Client.send_folder`` into an in-process orchestrator whose sink is a
-    ``FileSink`` (fsync always, ``serve``'s default) or a ``RabbitMQSink`` on the broker
-    at ``FASTFRAME_AMQP_URL``, runs alternating; ``None`` without a broker.
+    ``FileSink`` (fsync always, ``serve``'s default), a ``RabbitMQSink`` on the broker
+    at ``FASTFRAME_AMQP_URL`` or an ``InstantSink``, runs alternating; ``None``
+    without a broker. Also, for a local broker, its CPU time per RabbitMQ run and per
+    MB published.
 
     Each RabbitMQ run publishes to an exchange and queues of its own, deleted after it.
     """
@@ -727,8 +771,10 @@ def sink_comparison(wl: workload.Workload, repeats: int) -> Optional[List[Result
         finally:
             connection.close()
 
-    samples: Dict[str, List[int]] = {"file": [], "rabbitmq": []}
-    cpu: Dict[str, List[int]] = {"file": [], "rabbitmq": []}
+    samples: Dict[str, List[int]] = {"file": [], "rabbitmq": [], "instant": []}
+    cpu: Dict[str, List[int]] = {kind: [] for kind in samples}
+    broker_ns: List[int] = []
+    published = 0
     sent = 0
     with tempfile.TemporaryDirectory(prefix="fastframe-bench-") as tmp:
         for _ in range(repeats):
@@ -736,15 +782,20 @@ def sink_comparison(wl: workload.Workload, repeats: int) -> Optional[List[Result
                 gc.collect()
                 topology = Topology(f"fastframe-bench-{uuid.uuid4().hex[:8]}")
                 sink = (FileSink(Path(tmp) / "sink.bin", fsync="always") if kind == "file"
-                        else RabbitMQSink(url, exchange=topology.exchange))
+                        else RabbitMQSink(url, exchange=topology.exchange)
+                        if kind == "rabbitmq" else InstantSink())
                 server = Orchestrator(sink, "127.0.0.1", 0)
                 thread = threading.Thread(target=server.serve_forever, name="bench-sink")
                 thread.start()
                 try:
+                    broker_start = _broker_cpu_ns()
                     began, cpu_start = time.perf_counter_ns(), time.process_time_ns()
                     summary = Client(server.address, agency_id=1).send_folder(wl.folder)
                     samples[kind].append(time.perf_counter_ns() - began)
                     cpu[kind].append(time.process_time_ns() - cpu_start)
+                    broker_end = _broker_cpu_ns()
+                    if kind == "rabbitmq" and broker_start is not None and broker_end is not None:
+                        broker_ns.append(broker_end - broker_start)
                 finally:
                     server.shutdown()
                     thread.join()
@@ -752,11 +803,20 @@ def sink_comparison(wl: workload.Workload, repeats: int) -> Optional[List[Result
                     if kind == "rabbitmq":
                         delete_topology(topology)
                 sent = summary.bytes_sent
-    return [Result("sinks: file vs RabbitMQ", f"{sent / MB:.1f} MB of client frames",
-                   f"fastframe -> {kind}", samples[kind], cpu[kind], sent, wl.csv_rows, sent,
-                   "Client.send_folder, orchestrator in-process; FileSink fsync=always, "
-                   "RabbitMQSink on the local broker; cpu = this process, not the broker")
-            for kind in samples]
+                if kind == "rabbitmq":
+                    published = server.writer.bytes_written
+    results = [Result("sinks: file vs RabbitMQ", f"{sent / MB:.1f} MB of client frames",
+                      f"fastframe -> {kind}", samples[kind], cpu[kind], sent, wl.csv_rows, sent,
+                      "Client.send_folder, orchestrator in-process; FileSink fsync=always, "
+                      "RabbitMQSink on the local broker, InstantSink settles at once; "
+                      "cpu = this process, not the broker")
+               for kind in samples]
+    broker = None
+    if broker_ns:
+        median_ns = statistics.median(broker_ns)
+        broker = {"cpu_ms": median_ns / 1e6, "published_mb": published / MB,
+                  "ms_per_mb": median_ns / 1e6 / (published / MB)}
+    return results, broker
 
 
 # -- memory -----------------------------------------------------------------
@@ -1375,14 +1435,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print_table(f"{title}: {rows[0].table}", rows, None)
 
     if "sinks" in run:
-        sinks = sink_comparison(wl, e2e_repeats)
-        if sinks is None:
+        compared = sink_comparison(wl, e2e_repeats)
+        if compared is None:
             print("\n### sinks: file vs RabbitMQ\nnot measured: no broker (set FASTFRAME_AMQP_URL)")
         else:
+            sinks, broker = compared
             results += sinks
             print_table(f"sinks: file vs RabbitMQ: {sinks[0].table}", sinks, None)
             print(f"RabbitMQ / file throughput: {sinks[0].median / sinks[1].median:.2f}x "
                   f"(target >= 0.7x)")
+            if broker is not None:
+                print(f"broker CPU per RabbitMQ send (median): {broker['cpu_ms']:.0f} ms for "
+                      f"{broker['published_mb']:.1f} MB of DataBatch frames published, "
+                      f"{broker['ms_per_mb']:.1f} ms per MB, on the same cores")
+            else:
+                print("broker CPU: not measured (no RABBITMQ_PID_FILE of a local broker)")
 
     rss: List[Dict[str, Any]] = []
     mem: List[Dict[str, Any]] = []
