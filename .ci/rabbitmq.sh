@@ -61,10 +61,19 @@ _rabbitmq_bin_dir() {
     fi
 }
 
-# True when $1 is a live RabbitMQ process (the launcher script or the node),
-# not a later process that reused the pid of one.
+# True when process $1 exists and has not exited (a zombie has).
+_rabbitmq_running() {
+    local stat
+    [ -n "$1" ] && stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    case ${stat%% *} in Z | X) return 1 ;; esac
+}
+
+# True when $1 is a running RabbitMQ process (the launcher script or the
+# node), not a later process that reused the pid of one. Only for processes
+# past their start: while a process execs, its cmdline reads empty.
 _rabbitmq_pid_alive() {
-    [ -n "$1" ] && grep -qa rabbitmq "/proc/$1/cmdline" 2>/dev/null
+    _rabbitmq_running "$1" && grep -qa rabbitmq "/proc/$1/cmdline" 2>/dev/null
 }
 
 # _rabbitmq_kill SIGNAL PID...: signal those of the pids that _rabbitmq_pid_alive.
@@ -163,9 +172,15 @@ rabbitmq_start() {
     _rabbitmq_launch || { rabbitmq_stop; return 1; }
 }
 
+# The end of the node's logs, its own log first (where a failed boot says why).
+_rabbitmq_show_logs() {
+    tail -n 20 "$FASTFRAME_RABBITMQ_DIR/log/$RABBITMQ_NODENAME.log" \
+        "$FASTFRAME_RABBITMQ_DIR/log/startup.log" >&2 2>/dev/null || true
+}
+
 # Starts the node described by the exported variables and waits until it is ready.
 _rabbitmq_launch() {
-    local dir=$FASTFRAME_RABBITMQ_DIR deadline
+    local dir=$FASTFRAME_RABBITMQ_DIR deadline node
     local limit=${FASTFRAME_RABBITMQ_START_TIMEOUT:-60}
     rm -f "$RABBITMQ_PID_FILE"
     # HOME: the node writes a .erlang.cookie there even with -setcookie.
@@ -176,9 +191,12 @@ _rabbitmq_launch() {
     disown $!
     deadline=$((SECONDS + limit))
     while ((SECONDS < deadline)); do
-        if ! _rabbitmq_pid_alive "$(cat "$dir/launcher.pid")"; then
-            _rabbitmq_log "the broker exited during startup; its log:"
-            tail -n 40 "$dir/log/startup.log" "$dir"/log/*.log >&2 2>/dev/null || true
+        # Gone only when neither the launcher nor the node it started runs.
+        # Not _rabbitmq_pid_alive: the launcher may still be execing.
+        node=$(cat "$RABBITMQ_PID_FILE" 2>/dev/null) || node=""
+        if ! _rabbitmq_running "$(cat "$dir/launcher.pid")" && ! _rabbitmq_running "$node"; then
+            _rabbitmq_log "the broker exited during startup; its logs:"
+            _rabbitmq_show_logs
             return 1
         fi
         # rabbitmqctl only once the node listens: run against a node that is
@@ -190,8 +208,8 @@ _rabbitmq_launch() {
         fi
         sleep 0.2
     done
-    _rabbitmq_log "not ready after $limit s; its log:"
-    tail -n 40 "$dir/log/startup.log" "$dir"/log/*.log >&2 2>/dev/null || true
+    _rabbitmq_log "not ready after $limit s; its logs:"
+    _rabbitmq_show_logs
     return 1
 }
 
@@ -200,20 +218,31 @@ _rabbitmq_launch() {
 # any process that has rabbitmq_start's environment:
 #     bash -c 'source .ci/rabbitmq.sh && rabbitmq_crash_restart'
 rabbitmq_crash_restart() {
-    local dir=${FASTFRAME_RABBITMQ_DIR:-} pid launcher i
+    local dir=${FASTFRAME_RABBITMQ_DIR:-}
     if [ -z "$dir" ] || [ ! -d "$dir" ]; then
         _rabbitmq_log "no broker of ours to restart: rabbitmq_start first"
         return 1
     fi
+    # As .ci/run's start: a node that does not come up gets one more try.
+    for _ in 1 2; do
+        _rabbitmq_kill_node
+        _rabbitmq_log "killed $RABBITMQ_NODENAME; starting it again"
+        _rabbitmq_launch && return 0
+        sleep 2
+    done
+    return 1
+}
+
+# SIGKILL the node and its launcher; returns once both are gone.
+_rabbitmq_kill_node() {
+    local pid launcher i
     pid=$(cat "$RABBITMQ_PID_FILE" 2>/dev/null) || pid=""
-    launcher=$(cat "$dir/launcher.pid" 2>/dev/null) || launcher=""
+    launcher=$(cat "$FASTFRAME_RABBITMQ_DIR/launcher.pid" 2>/dev/null) || launcher=""
     _rabbitmq_kill KILL "$pid" "$launcher"
     for ((i = 0; i < 100; i++)); do
-        _rabbitmq_pid_alive "$pid" || _rabbitmq_pid_alive "$launcher" || break
+        _rabbitmq_running "$pid" || _rabbitmq_running "$launcher" || break
         sleep 0.05
     done
-    _rabbitmq_log "killed $RABBITMQ_NODENAME; starting it again"
-    _rabbitmq_launch
 }
 
 rabbitmq_stop() {
@@ -229,7 +258,7 @@ rabbitmq_stop() {
     fi
     _rabbitmq_kill TERM "$pid" "$launcher"
     for ((i = 0; i < 50; i++)); do
-        _rabbitmq_pid_alive "$pid" || _rabbitmq_pid_alive "$launcher" || break
+        _rabbitmq_running "$pid" || _rabbitmq_running "$launcher" || break
         sleep 0.1
     done
     _rabbitmq_kill KILL "$pid" "$launcher"
