@@ -3,8 +3,9 @@ that names the writes it failed fails exactly those batches; a PipelinedSink is
 sent each frame as it comes and its settled frames are reported in order."""
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import Iterator, List, Optional, Sequence, Set, Tuple
 
 from fastframe.orchestrator import SinkWriter
 from fastframe.sinks import SinkError
@@ -191,10 +192,21 @@ class Reports:
             return list(self.calls)
 
 
-def test_a_pipelined_sink_gets_the_next_frames_before_the_first_is_settled():
-    sink, reports = HeldSink(), Reports()
+@contextlib.contextmanager
+def pipelined_writer(refuse: Optional[bytes] = None, broken_settles: int = 0
+                     ) -> Iterator[Tuple[HeldSink, Reports, SinkWriter]]:
+    """A ``SinkWriter`` on a ``HeldSink(refuse, broken_settles)``, a ``Reports`` for
+    its callbacks; the writer is closed on the way out."""
+    sink, reports = HeldSink(refuse, broken_settles), Reports()
     writer = SinkWriter(sink)
     try:
+        yield sink, reports, writer
+    finally:
+        writer.close()
+
+
+def test_a_pipelined_sink_gets_the_next_frames_before_the_first_is_settled():
+    with pipelined_writer() as (sink, reports, writer):
         writer.submit(b"a", (1,), reports.done(b"a"))
         sink.wait_sent(1)
         writer.submit(b"b", (1,), reports.done(b"b"))
@@ -204,16 +216,12 @@ def test_a_pipelined_sink_gets_the_next_frames_before_the_first_is_settled():
         for frame in (b"a", b"b", b"c"):
             sink.release(frame)
         assert reports.wait(3) == [(b"a", True), (b"b", True), (b"c", True)]
-    finally:
-        writer.close()
     assert writer.frames_written == 3
 
 
 def test_pipelined_reports_come_in_submission_order_whatever_the_settle_order():
-    sink, reports = HeldSink(), Reports()
-    writer = SinkWriter(sink)
     frames = [b"frame-%d" % i for i in range(4)]
-    try:
+    with pipelined_writer() as (sink, reports, writer):
         for frame in frames:
             writer.submit(frame, (1,), reports.done(frame))
         sink.wait_sent(4)
@@ -223,29 +231,21 @@ def test_pipelined_reports_come_in_submission_order_whatever_the_settle_order():
         sink.release(frames[0])
         assert reports.wait(4) == [(frames[0], True), (frames[1], False),
                                    (frames[2], True), (frames[3], True)]
-    finally:
-        writer.close()
     assert writer.frames_written == 3
 
 
 def test_a_pipelined_send_refused_fails_only_its_own_batch():
-    sink, reports = HeldSink(refuse=b"bad"), Reports()
-    writer = SinkWriter(sink)
-    try:
+    with pipelined_writer(refuse=b"bad") as (sink, reports, writer):
         for frame in (b"a", b"bad", b"c"):
             writer.submit(frame, (1,), reports.done(frame))
         sink.wait_sent(2)
         sink.release(b"a")
         sink.release(b"c")
         assert reports.wait(3) == [(b"a", True), (b"bad", False), (b"c", True)]
-    finally:
-        writer.close()
 
 
 def test_a_pipelined_sink_whose_settle_raises_fails_what_it_holds_and_the_writer_goes_on():
-    sink, reports = HeldSink(broken_settles=1), Reports()
-    writer = SinkWriter(sink)
-    try:
+    with pipelined_writer(broken_settles=1) as (sink, reports, writer):
         writer.submit(b"a", (1,), reports.done(b"a"))
         sink.wait_sent(1)
         sink.release(b"a")   # wakes the settle that raises
@@ -255,19 +255,16 @@ def test_a_pipelined_sink_whose_settle_raises_fails_what_it_holds_and_the_writer
         sink.release(b"a")   # the broken sink settles "a" late: ignored
         sink.release(b"b")
         assert reports.wait(2) == [(b"a", False), (b"b", True)]
-    finally:
-        writer.close()
     assert writer.frames_written == 1
 
 
 def test_closing_a_pipelined_writer_waits_for_what_is_outstanding():
-    sink, reports = HeldSink(), Reports()
-    writer = SinkWriter(sink)
-    writer.submit(b"a", (1,), reports.done(b"a"))
-    sink.wait_sent(1)
-    closing = threading.Thread(target=writer.close)
-    closing.start()
-    sink.release(b"a")
-    closing.join(JOIN_TIMEOUT)
-    assert not closing.is_alive()
-    assert reports.calls == [(b"a", True)]
+    with pipelined_writer() as (sink, reports, writer):
+        writer.submit(b"a", (1,), reports.done(b"a"))
+        sink.wait_sent(1)
+        closing = threading.Thread(target=writer.close)
+        closing.start()
+        sink.release(b"a")
+        closing.join(JOIN_TIMEOUT)
+        assert not closing.is_alive()
+        assert reports.calls == [(b"a", True)]
