@@ -27,8 +27,8 @@ import resource
 import time
 from typing import Any, Callable, Deque, Dict, Optional
 
-__all__ = ["ConnectionLimit", "ByteBudget", "FrameSlots", "default_max_connections",
-           "descriptor_room"]
+__all__ = ["ConnectionLimit", "ByteBudget", "FrameSlots", "LogThrottle",
+           "default_max_connections", "descriptor_room"]
 
 log: logging.Logger = logging.getLogger("fastframe.orchestrator")
 
@@ -36,7 +36,6 @@ log: logging.Logger = logging.getLogger("fastframe.orchestrator")
 # the event loop's own, log files, the executor.
 _FD_HEADROOM = 64
 _DEFAULT_MAX_CONNECTIONS = 4096
-_REFUSAL_LOG_INTERVAL = 1.0  # seconds between two "refused" log lines
 
 
 def descriptor_room() -> Optional[int]:
@@ -53,6 +52,25 @@ def default_max_connections() -> int:
     return _DEFAULT_MAX_CONNECTIONS if room is None else min(_DEFAULT_MAX_CONNECTIONS, room)
 
 
+class LogThrottle:
+    """At most one line a second for something an attacker can repeat at will."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._logged_at = float("-inf")
+        self._unlogged = 0
+
+    def due(self) -> Optional[int]:
+        """For one more occurrence: ``None`` when it goes unlogged (and counted),
+        else how many went unlogged since the last line."""
+        now = time.monotonic()
+        if now - self._logged_at < self.interval:
+            self._unlogged += 1
+            return None
+        unlogged, self._unlogged, self._logged_at = self._unlogged, 0, now
+        return unlogged
+
+
 class ConnectionLimit:
     """At most ``maximum`` connections open; ``admit()`` says whether one more may be."""
 
@@ -61,22 +79,18 @@ class ConnectionLimit:
             raise ValueError(f"max_connections must be >= 1, not {maximum}")
         self.maximum = maximum
         self.open: int = 0
-        self._unlogged = 0
-        self._logged_at = float("-inf")
+        self._refusals = LogThrottle()
 
     def admit(self, peer: str) -> bool:
         """Count one more connection, or refuse it (and log, rate-limited)."""
         if self.open < self.maximum:
             self.open += 1
             return True
-        self._unlogged += 1
-        now = time.monotonic()
-        if now - self._logged_at >= _REFUSAL_LOG_INTERVAL:
+        unlogged = self._refusals.due()
+        if unlogged is not None:
             log.warning("action: accept | result: refused | reason: max_connections | "
                         "max_connections: %d | peer: %s | refused_since_last_line: %d",
-                        self.maximum, peer, self._unlogged)
-            self._logged_at = now
-            self._unlogged = 0
+                        self.maximum, peer, unlogged + 1)
         return False
 
     def release(self) -> None:

@@ -22,7 +22,8 @@ from typing import Any, Dict, Optional, Set, Tuple
 from ..schema import DEFAULT_MAX_FRAME
 from ..sinks import Sink
 from .admission import (
-    ByteBudget, ConnectionLimit, FrameSlots, default_max_connections, descriptor_room,
+    ByteBudget, ConnectionLimit, FrameSlots, LogThrottle, default_max_connections,
+    descriptor_room,
 )
 from .connection import Connection
 from .deadlines import Deadlines
@@ -91,6 +92,7 @@ class Counters:
     bytes_in: int = 0
     deadlines: int = 0          # connections closed at a deadline
     resource_failures: int = 0  # connections ended for want of memory, threads ...
+    loop_errors: int = 0        # reported by the event loop (EMFILE at accept ...)
 
 
 class Orchestrator:
@@ -157,6 +159,7 @@ class Orchestrator:
         self.counters: Counters = Counters()
         self.live: Set[Connection] = set()
         self.stopping: bool = False
+        self._loop_errors = LogThrottle()
         self._backlog = backlog
         # The family the host names (an IPv6 literal such as ::1, or IPv4).
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -259,18 +262,19 @@ class Orchestrator:
             extra = {"ssl": self.ssl_context, "ssl_handshake_timeout": self.header_timeout}
         server = await loop.create_server(lambda: Connection(self), sock=self._listener,
                                           backlog=self._backlog, **extra)
-        log.info("action: listen | result: success | address: %s:%d | tls: %s | "
-                 "max_connections: %d | max_buffer_bytes: %d | loop: %s", self.address[0],
-                 self.address[1], "on" if self.ssl_context is not None else "off",
-                 self.limit.maximum, self.budget.limit, self.event_loop)
         room = descriptor_room()
         if room is not None and self.limit.maximum > room:
+            # Said before the listen line, which tells callers the server is up.
             # Past the fd limit accept() fails: asyncio logs it and retries a second
             # later, uvloop (libuv) closes the newcomers without a word.
             log.warning("action: listen | result: warning | max_connections: %d | "
                         "descriptor_room: %d | error: connections beyond the descriptor limit "
                         "are dropped at accept; raise the limit (ulimit -n) or lower "
                         "--max-connections", self.limit.maximum, room)
+        log.info("action: listen | result: success | address: %s:%d | tls: %s | "
+                 "max_connections: %d | max_buffer_bytes: %d | loop: %s", self.address[0],
+                 self.address[1], "on" if self.ssl_context is not None else "off",
+                 self.limit.maximum, self.budget.limit, self.event_loop)
         if not self._shutdown_requested:
             await self._wake.wait()
         self.stopping = True
@@ -311,11 +315,21 @@ class Orchestrator:
             self._heap.trim()
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
-        # One line, no traceback: EMFILE at accept, a peer resetting mid-handshake ...
-        # The loop has already dealt with it (asyncio retries accept a second later).
+        # One line, no traceback, at most one a second: EMFILE at accept comes once
+        # per connection in the backlog, a peer resetting mid-handshake ... The loop
+        # has already dealt with it (asyncio retries accept a second later).
         exc = context.get("exception")
-        log.error("action: event_loop | result: fail | error: %s%s", context.get("message"),
-                  f": {type(exc).__name__}: {exc}" if exc is not None else "")
+        message = str(context.get("message"))
+        if self.stopping and isinstance(exc, ValueError) and "._start_serving(" in message:
+            # That retry, come due after the listener closed: nothing left to accept.
+            log.debug("accept retry after the listener closed: %s", exc)
+            return
+        self.counters.loop_errors += 1
+        unlogged = self._loop_errors.due()
+        if unlogged is None:
+            return
+        log.error("action: event_loop | result: fail | error: %s%s | unlogged_since_last_line: %d",
+                  message, f": {type(exc).__name__}: {exc}" if exc is not None else "", unlogged)
         if exc is not None:
             log.debug("event loop error detail", exc_info=exc)
 
@@ -323,5 +337,6 @@ class Orchestrator:
         c = self.counters
         log.info("action: shutdown | result: success | connections: %d | refused: %d | "
                  "batches: %d | failed: %d | bytes_in: %d | deadlines: %d | "
-                 "resource_failures: %d | rows: %s", c.connections, c.refused, c.batches,
-                 c.failed, c.bytes_in, c.deadlines, c.resource_failures, c.rows)
+                 "resource_failures: %d | loop_errors: %d | rows: %s", c.connections,
+                 c.refused, c.batches, c.failed, c.bytes_in, c.deadlines, c.resource_failures,
+                 c.loop_errors, c.rows)
