@@ -25,10 +25,12 @@ re-encode); the orchestrator end to end (client frames replayed over loopback
 into ``Orchestrator`` + ``FileSink``) and the client (``Client.send_folder``,
 CSV to wire); then sinks: the same send into the file sink, RabbitMQ (with
 ``FASTFRAME_AMQP_URL``; the broker's own CPU too when ``.ci/rabbitmq.sh``
-started it) and a sink that settles at once; then memory: the orchestrator's peak RSS with 32 clients
-streaming, and tracemalloc's peak for one decode; then connections: the
-accept rate of ``fastframe serve``, its RSS per idle connection, and a healthy
-client's throughput beside 2,000 idle connections and without them.
+started it) and a sink that settles at once, and the file and RabbitMQ sinks
+alone on that send's DataBatch frames; then memory: the orchestrator's peak
+RSS with 32 clients streaming, and tracemalloc's peak for one decode; then
+connections: the accept rate of ``fastframe serve``, its RSS per idle
+connection, and a healthy client's throughput beside 2,000 idle connections
+and without them.
 ``--plot`` draws the codec tables of the transactions batch as a bar chart.
 
 Decode to Arrow (the transactions batch only): ``decode_arrow`` on both
@@ -69,6 +71,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -741,21 +744,96 @@ def _broker_cpu_ns() -> Optional[int]:
     return (int(fields[11]) + int(fields[12])) * 10**9 // os.sysconf("SC_CLK_TCK")
 
 
+class CapturingSink:
+    """A write/flush sink that keeps a copy of every DataBatch frame it is given."""
+
+    def __init__(self) -> None:
+        self.frames: List[Tuple[bytes, List[int]]] = []
+
+    def write(self, frame: bytes, query_ids: Sequence[int]) -> None:
+        self.frames.append((bytes(frame), list(query_ids)))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _published_frames(wl: workload.Workload) -> List[Tuple[bytes, List[int]]]:
+    """The DataBatch frames (and query ids) the orchestrator hands its sink for one send."""
+    sink = CapturingSink()
+    server = Orchestrator(sink, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, name="bench-capture")
+    thread.start()
+    try:
+        Client(server.address, agency_id=1).send_folder(wl.folder)
+    finally:
+        server.shutdown()
+        thread.join()
+    return sink.frames
+
+
+def _sinks_alone(wl: workload.Workload, url: str, repeats: int, tmp: Path,
+                 delete_topology: Callable[[Any], None]) -> List[Result]:
+    """One send's DataBatch frames handed straight to each sink, no client or
+    orchestrator: a ``FileSink`` round (write each, one flush with fsync) and a
+    ``RabbitMQSink`` (send each, then settle them all). The ceiling of each sink
+    on these frames, with this machine's cores all its own (and the broker's)."""
+    from fastframe.sinks.rabbitmq import RabbitMQSink, Topology
+
+    frames = _published_frames(wl)
+    published = sum(len(frame) for frame, _ in frames)
+    samples: Dict[str, List[int]] = {"file": [], "rabbitmq": []}
+    cpu: Dict[str, List[int]] = {kind: [] for kind in samples}
+    for _ in range(repeats):
+        gc.collect()
+        sink = FileSink(tmp / "alone.bin", fsync="always")
+        began, cpu_start = time.perf_counter_ns(), time.process_time_ns()
+        for frame, query_ids in frames:
+            sink.write(frame, query_ids)
+        sink.flush()
+        samples["file"].append(time.perf_counter_ns() - began)
+        cpu["file"].append(time.process_time_ns() - cpu_start)
+        sink.close()
+        (tmp / "alone.bin").unlink()
+
+        topology = Topology(f"fastframe-bench-{uuid.uuid4().hex[:8]}")
+        rabbit = RabbitMQSink(url, exchange=topology.exchange)
+        try:
+            began, cpu_start = time.perf_counter_ns(), time.process_time_ns()
+            pending = {rabbit.send(frame, query_ids) for frame, query_ids in frames}
+            while pending:
+                for number, reason in rabbit.settle(30.0):
+                    if reason is not None:
+                        raise RuntimeError(f"the broker did not store a frame: {reason}")
+                    pending.discard(number)
+            samples["rabbitmq"].append(time.perf_counter_ns() - began)
+            cpu["rabbitmq"].append(time.process_time_ns() - cpu_start)
+        finally:
+            rabbit.close()
+            delete_topology(topology)
+    return [Result("sinks alone", f"{published / MB:.1f} MB of DataBatch frames",
+                   f"{kind} sink alone", samples[kind], cpu[kind], published, wl.csv_rows,
+                   published, "one send's DataBatch frames straight into the sink: FileSink "
+                   "writes + one fsync'd flush; RabbitMQSink sends, then settles all")
+            for kind in samples]
+
+
 def sink_comparison(wl: workload.Workload, repeats: int
-                    ) -> Optional[Tuple[List[Result], Optional[Dict[str, float]]]]:
+                    ) -> Optional[Tuple[List[Result], List[Result], Optional[Dict[str, float]]]]:
     """The same ``Client.send_folder`` into an in-process orchestrator whose sink is a
     ``FileSink`` (fsync always, ``serve``'s default), a ``RabbitMQSink`` on the broker
-    at ``FASTFRAME_AMQP_URL`` or an ``InstantSink``, runs alternating; ``None``
-    without a broker. Also, for a local broker, its CPU time per RabbitMQ run and per
-    MB published.
+    at ``FASTFRAME_AMQP_URL`` or an ``InstantSink``, runs alternating; then the file
+    and RabbitMQ sinks alone on one send's DataBatch frames (``_sinks_alone``);
+    ``None`` without a broker. Also, for a local broker, its CPU time per RabbitMQ
+    run and per MB published.
 
     Each RabbitMQ run publishes to an exchange and queues of its own, deleted after it.
     """
     url = os.environ.get("FASTFRAME_AMQP_URL")
     if not url:
         return None
-    import uuid
-
     import pika
 
     from fastframe.sinks.rabbitmq import RabbitMQSink, Topology
@@ -805,6 +883,7 @@ def sink_comparison(wl: workload.Workload, repeats: int
                 sent = summary.bytes_sent
                 if kind == "rabbitmq":
                     published = server.writer.bytes_written
+        alone = _sinks_alone(wl, url, repeats, Path(tmp), delete_topology)
     results = [Result("sinks: file vs RabbitMQ", f"{sent / MB:.1f} MB of client frames",
                       f"fastframe -> {kind}", samples[kind], cpu[kind], sent, wl.csv_rows, sent,
                       "Client.send_folder, orchestrator in-process; FileSink fsync=always, "
@@ -816,7 +895,7 @@ def sink_comparison(wl: workload.Workload, repeats: int
         median_ns = statistics.median(broker_ns)
         broker = {"cpu_ms": median_ns / 1e6, "published_mb": published / MB,
                   "ms_per_mb": median_ns / 1e6 / (published / MB)}
-    return results, broker
+    return results, alone, broker
 
 
 # -- memory -----------------------------------------------------------------
@@ -1439,11 +1518,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if compared is None:
             print("\n### sinks: file vs RabbitMQ\nnot measured: no broker (set FASTFRAME_AMQP_URL)")
         else:
-            sinks, broker = compared
-            results += sinks
+            sinks, alone, broker = compared
+            results += sinks + alone
             print_table(f"sinks: file vs RabbitMQ: {sinks[0].table}", sinks, None)
             print(f"RabbitMQ / file throughput: {sinks[0].median / sinks[1].median:.2f}x "
                   f"(target >= 0.7x)")
+            print_table(f"sinks alone: {alone[0].table}", alone, None)
+            print(f"RabbitMQ / file throughput, sinks alone: "
+                  f"{alone[0].median / alone[1].median:.2f}x")
             if broker is not None:
                 print(f"broker CPU per RabbitMQ send (median): {broker['cpu_ms']:.0f} ms for "
                       f"{broker['published_mb']:.1f} MB of DataBatch frames published, "
