@@ -510,7 +510,7 @@ class RabbitMQSink:
         while not self._settled and not self._woken and self._outstanding:
             now = time.monotonic()
             self._expire(now)
-            if now >= deadline:
+            if self._settled or now >= deadline:   # report an expiry now, not after a wait
                 break
             if self._link is None:
                 try:
