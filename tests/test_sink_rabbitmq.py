@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 import time
+from typing import List
 
 import pika
 import pika.exceptions
@@ -347,7 +348,11 @@ def test_sent_frames_are_published_before_any_confirm_is_awaited(
     frames = [data for _, data, _ in golden_frames]
     numbers = [sink.send(data, [2]) for data in frames]
     # No settle() yet: the frames are already on their way, and queued.
-    assert read_queue(rabbitmq_url, 2, exchange=amqp_exchange, timeout=5.0) == frames
+    queued: List[bytes] = []
+    deadline = time.monotonic() + 10.0
+    while len(queued) < len(frames) and time.monotonic() < deadline:
+        queued += read_queue(rabbitmq_url, 2, exchange=amqp_exchange, timeout=0.05)
+    assert queued == frames
     settled = []
     while len(settled) < len(numbers):
         settled += sink.settle(10.0)
