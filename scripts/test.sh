@@ -13,6 +13,9 @@
 # once, on the pure codec, and its Cython cases skip with that reason.
 # FASTFRAME_FUZZ_SECONDS (default 90; 0 leaves it out) sets the fuzz run;
 # FASTFRAME_PURE_RUN=0 leaves out the second run, on the pure codec.
+# FASTFRAME_PUREPYTHON=1 and FASTFRAME_EVENT_LOOP=asyncio, when set, pick the
+# first run's codec and loop; the check that the extension is the default
+# codec on CPython holds either way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +47,8 @@ fi
 
 # Leave the source tree so the tests import the installed package.
 cd tests
-impl=$("$PY" -c "import fastframe; print(fastframe.__impl__)")
+# What the package loads when nothing asks for a codec: the extension on CPython.
+impl=$(env -u FASTFRAME_PUREPYTHON -u FASTFRAME_IMPL "$PY" -c "import fastframe; print(fastframe.__impl__)")
 if [ "$impl" != "$expected" ]; then
   echo "test.sh: the default codec is '$impl', expected '$expected' on $("$PY" -V 2>&1)" >&2
   exit 1
@@ -55,7 +59,8 @@ if [ "$expected" = python ]; then
   exit 0
 fi
 
-echo "== test suite, $("$PY" -V 2>&1), default codec (Cython) =="
+# The caller may pick the run's codec and loop (scripts/test_other_pythons.sh does).
+echo "== test suite, $("$PY" -V 2>&1), codec: $("$PY" -c "import fastframe; print(fastframe.__impl__)"), event loop: ${FASTFRAME_EVENT_LOOP:-default (uvloop)} =="
 "$PY" -m pytest -q -p no:cacheprovider "$@" .
 # A short coverage-guided differential fuzz run of both codecs (fuzz/README.md
 # has the long run); FASTFRAME_FUZZ_SECONDS=0 leaves it out.

@@ -1,41 +1,44 @@
 #!/usr/bin/env bash
 # The suite on the other Pythons fastframe claims, each in its own venv with
-# the package built from source: scripts/test.sh with PYTHON set. On CPython
-# the suite runs once, every codec test on both codecs (the codec fixture) and
-# the system tests on the default (Cython) one; the second run on the pure
-# codec, and the fuzz run, are the 3.11 run's. On PyPy the package is pure
-# by design: the whole suite on the pure codec.
+# the package built from source: scripts/test.sh with PYTHON set, once per
+# interpreter (no second run, no fuzzing: those are the 3.11 run's). On
+# CPython every codec test runs on both codecs wherever it runs (the codec
+# fixture); what each run adds is the default codec and event loop the
+# system tests (orchestrator, client, sinks) run on:
+#
+#   3.11  Cython codec, uvloop         scripts/test.sh (README), and fuzzing
+#   3.9   Cython codec, uvloop         here
+#   3.12  Cython codec, uvloop         scripts/test_wheel_from_sdist.sh: the wheel
+#   3.13  pure codec, asyncio's loop   here (FASTFRAME_PUREPYTHON=1,
+#                                      FASTFRAME_EVENT_LOOP=asyncio)
+#   PyPy  pure codec, asyncio's loop   here: the package is pure by design there
 #
 #     bash scripts/test_other_pythons.sh [PYTHON...]
 #
-# Without arguments: CPython 3.9, 3.12 and 3.13 from pyenv ($PYENV_ROOT,
+# Without arguments, that matrix: CPython 3.9 and 3.13 from pyenv ($PYENV_ROOT,
 # default ~/.pyenv, the newest patch release of each) and Debian's PyPy
-# (/usr/bin/pypy3; installed with apt-get when missing, as root). A missing
-# interpreter is an error: a version is claimed only where it is proven.
+# (/usr/bin/pypy3; installed with apt-get when missing, as root). With
+# arguments, each PYTHON on the defaults. A missing interpreter is an error:
+# a version is claimed only where it is proven.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/pythons.sh
 
 log() { printf 'test_other_pythons.sh: %s\n' "$*" >&2; }
 
-# The newest pyenv install of CPython $1 (e.g. 3.12).
-pyenv_python() {
-  local found
-  found=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}/versions/$1".* 2>/dev/null | sort -V | tail -n 1)
-  if [ -z "$found" ] || [ ! -x "$found/bin/python" ]; then
-    log "no CPython $1 in ${PYENV_ROOT:-$HOME/.pyenv}/versions (pyenv install $1)"
-    return 1
-  fi
-  echo "$found/bin/python"
-}
-
+# Parallel arrays: each interpreter and the settings of its run.
+pythons=()
+settings=()
 if [ "$#" -gt 0 ]; then
-  pythons=("$@")
-else
-  pythons=()
-  for version in 3.9 3.12 3.13; do
-    python=$(pyenv_python "$version")
+  for python in "$@"; do
     pythons+=("$python")
+    settings+=("")
   done
+else
+  pythons+=("$(pyenv_python 3.9)")
+  settings+=("")
+  pythons+=("$(pyenv_python 3.13)")
+  settings+=("FASTFRAME_PUREPYTHON=1 FASTFRAME_EVENT_LOOP=asyncio")
   if [ ! -x /usr/bin/pypy3 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       log "installing Debian's pypy3"
@@ -47,15 +50,19 @@ else
     fi
   fi
   pythons+=(/usr/bin/pypy3)
+  settings+=("")
 fi
 
 failed=()
-for python in "${pythons[@]}"; do
+for i in "${!pythons[@]}"; do
+  python=${pythons[$i]}
+  read -r -a extra <<<"${settings[$i]}"
   start=$SECONDS
-  if PYTHON=$python FASTFRAME_FUZZ_SECONDS=0 FASTFRAME_PURE_RUN=0 bash scripts/test.sh; then
-    log "$python: passed in $((SECONDS - start)) s"
+  if env "${extra[@]}" PYTHON="$python" FASTFRAME_FUZZ_SECONDS=0 FASTFRAME_PURE_RUN=0 \
+      bash scripts/test.sh; then
+    log "$python ${settings[$i]}: passed in $((SECONDS - start)) s"
   else
-    log "$python: FAILED after $((SECONDS - start)) s"
+    log "$python ${settings[$i]}: FAILED after $((SECONDS - start)) s"
     failed+=("$python")
   fi
 done

@@ -10,6 +10,9 @@
 # Also checks what a release must carry: LICENSE in the sdist and the wheel,
 # the extension in the wheel and at most 700 KB (built without debug info).
 #
+# With a broker (FASTFRAME_AMQP_URL) the tests marked rabbitmq run afterwards,
+# on the same wheel.
+#
 #     bash scripts/test_wheel_from_sdist.sh        # PYTHON=... picks the interpreter
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,3 +90,11 @@ echo "${test_environment[*]} $test_command"
 # cibuildwheel runs the command from an empty directory with the venv first on PATH.
 (cd "$WORK/cwd" && env "${test_environment[@]}" PATH="$WORK/test-venv/bin:$PATH" \
   bash -c "$test_command")
+
+# The wheel jobs deselect the broker tests (no broker there); with one at hand
+# (FASTFRAME_AMQP_URL, as in CI) they run too, so this run is a whole suite.
+if [ -n "${FASTFRAME_AMQP_URL:-}" ]; then
+  echo "== the wheel with RabbitMQ at $FASTFRAME_AMQP_URL: the broker tests =="
+  (cd "$WORK/cwd" && env "${test_environment[@]}" PATH="$WORK/test-venv/bin:$PATH" \
+    python -m pytest "$project/tests" -q -p no:cacheprovider -m rabbitmq)
+fi
