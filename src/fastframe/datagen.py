@@ -22,6 +22,7 @@ from __future__ import annotations
 import calendar
 import csv
 import datetime
+import functools
 import itertools
 import os
 import random
@@ -168,6 +169,16 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object
     return len(rows)
 
 
+@functools.lru_cache(maxsize=None)
+def _formatted() -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """Every time of day ("HH:MM:SS") and every possible order total as money, formatted
+    once per process: the hot loop only indexes (a data set of a few hundred
+    transactions would otherwise spend most of its time here)."""
+    largest_order = _MAX_LINES * _MAX_QUANTITY * max(m[3] for m in _MENU)
+    return (tuple(f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(86400)),
+            tuple(_money(c) for c in range(largest_order + 1)))
+
+
 class _MonthWriter:
     """Generates and writes one month of users, transactions and transaction items.
 
@@ -176,7 +187,7 @@ class _MonthWriter:
     ``csv.writer`` on the bulk of the data set.
     """
 
-    def __init__(self, out: Path, tods: List[str], money: List[str]) -> None:
+    def __init__(self, out: Path, tods: Sequence[str], money: Sequence[str]) -> None:
         self.out = out
         self.tods = tods      # "HH:MM:SS" for every second of a day
         self.money = money    # _money(c) for every possible order total c
@@ -314,11 +325,8 @@ def generate(out_dir: Union[str, "os.PathLike[str]"], *, transactions: int = 10_
     weights = [_month_days(m) * (23 + i) for i, m in enumerate(MONTHS)]
     tx_per_month = _split(transactions, weights)
     users_per_month = _split(transactions // _TRANSACTIONS_PER_USER, weights)
-    # Money strings for every possible order total, formatted once: the hot loop only indexes.
-    largest_order = _MAX_LINES * _MAX_QUANTITY * max(m[3] for m in _MENU)
-    writer = _MonthWriter(out, tods=[f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
-                                     for s in range(86400)],
-                          money=[_money(c) for c in range(largest_order + 1)])
+    tods, money = _formatted()
+    writer = _MonthWriter(out, tods, money)
     # One generator per month, seeded in month order from the master seed.
     master = random.Random(seed)
     known_users = 0
