@@ -60,9 +60,9 @@ for i in "${!pythons[@]}"; do
   start=$SECONDS
   if env "${extra[@]}" PYTHON="$python" FASTFRAME_FUZZ_SECONDS=0 FASTFRAME_PURE_RUN=0 \
       bash scripts/test.sh; then
-    log "$python ${settings[$i]}: passed in $((SECONDS - start)) s"
+    log "$python${settings[$i]:+ ${settings[$i]}}: passed in $((SECONDS - start)) s"
   else
-    log "$python ${settings[$i]}: FAILED after $((SECONDS - start)) s"
+    log "$python${settings[$i]:+ ${settings[$i]}}: FAILED after $((SECONDS - start)) s"
     failed+=("$python")
   fi
 done
