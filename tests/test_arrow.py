@@ -266,14 +266,35 @@ def test_pyarrow_shares_the_values_memory(codec):
     assert batch.to_pyarrow().equals(first)
 
 
+def read_stream(batch) -> pa.RecordBatchReader:
+    return pa.RecordBatchReader._import_from_c_capsule(batch.__arrow_c_stream__())
+
+
+def test_a_stream_gives_the_one_batch_once_sharing_its_memory(codec):
+    batch = codec.decode_arrow(items_frame(codec))
+    direct, reader = pa.record_batch(batch), read_stream(batch)
+    assert reader.schema == direct.schema
+    streamed = reader.read_next_batch()
+    with pytest.raises(StopIteration):
+        reader.read_next_batch()
+    assert streamed.equals(direct)
+    for i in range(len(ITEMS.required_keys)):
+        a, b = streamed.column(i).buffers()[1:], direct.column(i).buffers()[1:]
+        assert [x.address for x in a] == [y.address for y in b]
+    assert read_stream(batch).read_all().to_batches() == [direct]   # a stream per call
+
+
 def test_requested_schema_is_answered_with_the_batchs_own(codec):
     # the interface makes a requested schema best-effort; consumers check what they get
     batch = codec.decode_arrow(items_frame(codec), ["quantity"])
     requested = pa.schema([pa.field("quantity", pa.large_string())])
+    own = pa.schema([pa.field("quantity", pa.string(), nullable=False)])
     schema, array = batch.__arrow_c_array__(requested.__arrow_c_schema__())
     got = pa.RecordBatch._import_from_c_capsule(schema, array)
-    assert got.schema == pa.schema([pa.field("quantity", pa.string(), nullable=False)])
+    assert got.schema == own
     assert got.column(0).to_pylist() == [r["quantity"] for r in ITEM_ROWS]
+    stream = batch.__arrow_c_stream__(requested.__arrow_c_schema__())
+    assert pa.RecordBatchReader._import_from_c_capsule(stream).read_all().schema == own
 
 
 def test_polars_reads_it(codec):
@@ -285,9 +306,11 @@ def test_polars_reads_it(codec):
 
 
 def test_duckdb_reads_it(codec):
+    # 1.5 reads the batch as a stream, 2.0 as an array: the test extra gets
+    # 1.5 on Python 3.10 and 2.x on later ones
     duckdb = pytest.importorskip("duckdb", minversion="1.5",
-                                 reason="DuckDB (1.5 or later, which reads an Arrow array's "
-                                        "PyCapsules; Python 3.10 on) is an optional consumer")
+                                 reason="DuckDB (1.5 or later; Python 3.10 on) is an "
+                                        "optional consumer")
     batch = codec.decode_arrow(items_frame(codec))
     con = duckdb.connect()
     try:
@@ -329,8 +352,10 @@ def test_unconsumed_capsules_release_their_arrays(codec, traced):
     for _ in range(50):
         batch.__arrow_c_array__()
         batch.__arrow_c_schema__()
+        batch.__arrow_c_stream__()
         capsules = batch.__arrow_c_array__()
         del capsules
+        read_stream(batch).schema     # a stream whose batch nobody read
     assert _allocated() - base < BIG // 4
     del batch
     assert _allocated() - base < -BIG     # the batch's own values went with it
@@ -348,11 +373,13 @@ def test_a_batch_holds_about_its_values(codec, traced):
     del batch
 
 
-def test_a_consumer_keeps_the_values_until_it_releases_them(codec, traced):
+@pytest.mark.parametrize("consume", [pa.record_batch, lambda b: read_stream(b).read_next_batch()],
+                         ids=["array", "stream"])
+def test_a_consumer_keeps_the_values_until_it_releases_them(codec, traced, consume):
     data = items_frame(codec, BIG_ROWS)
     base = _allocated()
     batch = codec.decode_arrow(data)
-    consumed = pa.record_batch(batch)
+    consumed = consume(batch)
     del batch
     held = _allocated() - base
     assert held > BIG

@@ -27,7 +27,8 @@ from libc.stdint cimport (
     INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint16_t, uint64_t,
     uintptr_t,
 )
-from libc.string cimport memchr, memcpy, memset
+from libc.errno cimport ENOMEM
+from libc.string cimport memchr, memcpy, memset, strlen
 
 import struct
 from collections.abc import Mapping
@@ -2270,6 +2271,13 @@ cdef struct ArrowArray:
     void (*release)(ArrowArray*) noexcept nogil
     void* private_data
 
+cdef struct ArrowArrayStream:
+    int (*get_schema)(ArrowArrayStream*, ArrowSchema*) noexcept nogil
+    int (*get_next)(ArrowArrayStream*, ArrowArray*) noexcept nogil
+    const char* (*get_last_error)(ArrowArrayStream*) noexcept nogil
+    void (*release)(ArrowArrayStream*) noexcept nogil
+    void* private_data
+
 cdef extern from *:
     """
     /* The decoded values are shared by the batch object and every array
@@ -2326,6 +2334,14 @@ ctypedef struct StructExport:
 ctypedef struct SchemaExport:
     ArrowSchema* child_pointers[MAX_KEYS]
     ArrowSchema children[MAX_KEYS]
+
+ctypedef struct StreamExport:
+    # What an exported stream owns: its column names, for each schema a
+    # consumer asks for (on any thread, without the GIL), and the one array,
+    # until the consumer's first get_next moves it out.
+    ArrowArray array
+    int n_names
+    char* names[MAX_KEYS]
 
 
 cdef void _columns_release(StringColumns* c) noexcept nogil:
@@ -2544,6 +2560,71 @@ cdef void _release_struct_array(ArrowArray* array) noexcept nogil:
     array.release = NULL
 
 
+cdef int _fill_schema(ArrowSchema* schema, char** names, int n) noexcept nogil:
+    """The struct-of-utf8 schema of columns ``names``: 0, or ENOMEM (and
+    ``schema`` left released)."""
+    cdef SchemaExport* export = <SchemaExport*>PyMem_RawCalloc(1, sizeof(SchemaExport))
+    cdef ArrowSchema* child
+    cdef char* name
+    cdef size_t size
+    cdef int i
+    if export == NULL:
+        return ENOMEM
+    schema.format = ff_arrow_struct_format
+    schema.name = b""
+    schema.metadata = NULL
+    schema.flags = 0
+    schema.dictionary = NULL
+    schema.n_children = n
+    schema.children = export.child_pointers
+    schema.private_data = export
+    schema.release = _release_struct_schema
+    for i in range(n):
+        size = strlen(names[i]) + 1
+        name = <char*>PyMem_RawMalloc(size)
+        if name == NULL:
+            schema.n_children = i
+            _release_struct_schema(schema)
+            return ENOMEM
+        memcpy(name, names[i], size)
+        child = &export.children[i]
+        child.format = ff_arrow_utf8_format
+        child.name = name
+        child.private_data = name
+        child.release = _release_child_schema
+        export.child_pointers[i] = child
+    return 0
+
+
+cdef int _stream_get_schema(ArrowArrayStream* stream, ArrowSchema* out) noexcept nogil:
+    cdef StreamExport* export = <StreamExport*>stream.private_data
+    return _fill_schema(out, export.names, export.n_names)
+
+
+cdef int _stream_get_next(ArrowArrayStream* stream, ArrowArray* out) noexcept nogil:
+    cdef StreamExport* export = <StreamExport*>stream.private_data
+    # The batch once (moved: its buffers live behind private_data, not in the
+    # struct), then a released array, which ends the stream.
+    memcpy(out, &export.array, sizeof(ArrowArray))
+    export.array.release = NULL
+    return 0
+
+
+cdef const char* _stream_get_last_error(ArrowArrayStream* stream) noexcept nogil:
+    return NULL     # the only error is ENOMEM, which says it all
+
+
+cdef void _release_stream(ArrowArrayStream* stream) noexcept nogil:
+    cdef StreamExport* export = <StreamExport*>stream.private_data
+    cdef int i
+    if export.array.release != NULL:
+        export.array.release(&export.array)
+    for i in range(export.n_names):
+        PyMem_RawFree(export.names[i])
+    PyMem_RawFree(export)
+    stream.release = NULL
+
+
 cdef void _free_schema_capsule(object capsule) noexcept:
     cdef ArrowSchema* schema = <ArrowSchema*>PyCapsule_GetPointer(capsule, b"arrow_schema")
     # Still set when no consumer took the schema over.
@@ -2559,12 +2640,21 @@ cdef void _free_array_capsule(object capsule) noexcept:
     PyMem_RawFree(array)
 
 
+cdef void _free_stream_capsule(object capsule) noexcept:
+    cdef ArrowArrayStream* stream = <ArrowArrayStream*>PyCapsule_GetPointer(
+        capsule, b"arrow_array_stream")
+    if stream.release != NULL:
+        stream.release(stream)
+    PyMem_RawFree(stream)
+
+
 cdef class ArrowBatch:
     """A decoded table batch as Arrow utf8 columns: what ``decode_arrow`` returns.
 
     Implements the Arrow PyCapsule interface (a struct array, one non-nullable
-    utf8 child per column), so ``pyarrow.record_batch(batch)``,
-    ``polars.DataFrame(batch)`` and DuckDB read it without copying the values.
+    utf8 child per column, and a stream of that one array), so
+    ``pyarrow.record_batch(batch)``, ``polars.DataFrame(batch)`` and DuckDB
+    read it without copying the values.
     """
     cdef StringColumns* _columns
     cdef int _keys[MAX_KEYS]        # each exported column's key index
@@ -2603,31 +2693,12 @@ cdef class ArrowBatch:
         return PyCapsule_New(schema, b"arrow_schema", _free_schema_capsule)
 
     cdef int _export_schema(self, ArrowSchema* schema) except -1:
-        cdef Py_ssize_t i, n = len(self.column_names)
-        cdef SchemaExport* export = <SchemaExport*>PyMem_RawCalloc(1, sizeof(SchemaExport))
-        cdef ArrowSchema* child
-        cdef char* name
-        if export == NULL:
+        cdef char* names[MAX_KEYS]
+        encoded = [PyUnicode_AsUTF8String(name) for name in self.column_names]
+        for i, raw in enumerate(encoded):
+            names[i] = PyBytes_AS_STRING(raw)
+        if _fill_schema(schema, names, len(encoded)) != 0:
             raise MemoryError()
-        schema.format = ff_arrow_struct_format
-        schema.name = b""
-        schema.n_children = n
-        schema.children = export.child_pointers
-        schema.private_data = export
-        schema.release = _release_struct_schema
-        for i in range(n):
-            raw = PyUnicode_AsUTF8String(self.column_names[i])
-            name = <char*>PyMem_RawMalloc(len(raw) + 1)
-            if name == NULL:
-                _release_struct_schema(schema)
-                raise MemoryError()
-            memcpy(name, PyBytes_AS_STRING(raw), len(raw) + 1)
-            child = &export.children[i]
-            child.format = ff_arrow_utf8_format
-            child.name = name
-            child.private_data = name
-            child.release = _release_child_schema
-            export.child_pointers[i] = child
         return 0
 
     def __arrow_c_array__(self, requested_schema=None):
@@ -2678,6 +2749,32 @@ cdef class ArrowBatch:
             child.release = _release_child_array
             export.child_pointers[i] = child
         return 0
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        """A capsule named "arrow_array_stream": a stream of this one batch,
+        for consumers that read streams only (DuckDB before 2.0). The
+        ``requested_schema`` is declined as in ``__arrow_c_array__``."""
+        cdef ArrowArrayStream* stream = <ArrowArrayStream*>PyMem_RawCalloc(
+            1, sizeof(ArrowArrayStream))
+        if stream == NULL:
+            raise MemoryError()
+        capsule = PyCapsule_New(stream, b"arrow_array_stream", _free_stream_capsule)
+        cdef StreamExport* export = <StreamExport*>PyMem_RawCalloc(1, sizeof(StreamExport))
+        if export == NULL:
+            raise MemoryError()
+        stream.private_data = export
+        stream.get_schema = _stream_get_schema
+        stream.get_next = _stream_get_next
+        stream.get_last_error = _stream_get_last_error
+        stream.release = _release_stream
+        for raw in [PyUnicode_AsUTF8String(name) for name in self.column_names]:
+            export.names[export.n_names] = <char*>PyMem_RawMalloc(len(raw) + 1)
+            if export.names[export.n_names] == NULL:
+                raise MemoryError()
+            memcpy(export.names[export.n_names], PyBytes_AS_STRING(raw), len(raw) + 1)
+            export.n_names += 1
+        self._export_array(&export.array)
+        return capsule
 
     def to_pyarrow(self):
         """The batch as a ``pyarrow.RecordBatch`` (sharing its memory); needs pyarrow."""

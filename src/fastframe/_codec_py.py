@@ -1225,9 +1225,9 @@ class ArrowBatch:
     """A decoded table batch as Arrow utf8 columns: what ``decode_arrow`` returns.
 
     Implements the Arrow PyCapsule interface (a struct array, one non-nullable
-    utf8 child per column), so ``pyarrow.record_batch(batch)``,
-    ``polars.DataFrame(batch)`` and DuckDB read it without copying the values.
-    This twin holds a ``pyarrow.RecordBatch``.
+    utf8 child per column, and a stream of that one array), so
+    ``pyarrow.record_batch(batch)``, ``polars.DataFrame(batch)`` and DuckDB
+    read it without copying the values. This twin holds a ``pyarrow.RecordBatch``.
     """
 
     __slots__ = ("_batch",)
@@ -1262,6 +1262,15 @@ class ArrowBatch:
         the batch always gives its own schema, which consumers check.
         """
         return self._batch.__arrow_c_array__()  # type: ignore[no-any-return]
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        """A capsule named "arrow_array_stream": a stream of this one batch,
+        for consumers that read streams only (DuckDB before 2.0). The
+        ``requested_schema`` is declined as in ``__arrow_c_array__``."""
+        import pyarrow  # type: ignore[import-untyped, unused-ignore]  # no stubs
+
+        reader = pyarrow.RecordBatchReader.from_batches(self._batch.schema, [self._batch])
+        return reader.__arrow_c_stream__()
 
     def to_pyarrow(self) -> Any:
         """The batch as a ``pyarrow.RecordBatch`` (sharing its memory); needs pyarrow."""
