@@ -7,6 +7,12 @@
 #
 #     bash scripts/test.sh [PYTEST ARGS...]
 #
+# Each suite run is two pytest runs: every test but the `alone` ones on all
+# cores (pytest-xdist; tests/conftest.py keeps the broker tests on one
+# worker), then the `alone` ones, which time sends against a baseline, with
+# nothing beside them. PYTEST ARGS, when given, make it one plain pytest run
+# with them instead.
+#
 # PYTHON=/path/to/python runs it on that interpreter, in its own venv
 # (.venv-<implementation><version>; VENV=DIR overrides). On an interpreter
 # other than CPython the package is pure by design (setup.py): the suite runs
@@ -47,6 +53,16 @@ fi
 
 # Leave the source tree so the tests import the installed package.
 cd tests
+run_suite() {
+  if [ "$#" -gt 0 ]; then
+    "$PY" -m pytest -q -p no:cacheprovider "$@" .
+    return
+  fi
+  local status=0
+  "$PY" -m pytest -q -p no:cacheprovider -n auto -m "not alone" . || status=$?
+  "$PY" -m pytest -q -p no:cacheprovider -m alone . || status=$?
+  return "$status"
+}
 # What the package loads when nothing asks for a codec: the extension on CPython.
 impl=$(env -u FASTFRAME_PUREPYTHON -u FASTFRAME_IMPL "$PY" -c "import fastframe; print(fastframe.__impl__)")
 if [ "$impl" != "$expected" ]; then
@@ -55,13 +71,13 @@ if [ "$impl" != "$expected" ]; then
 fi
 if [ "$expected" = python ]; then
   echo "== test suite, $("$PY" -V 2>&1 | head -n 1): pure-Python codec only =="
-  "$PY" -m pytest -q -p no:cacheprovider "$@" .
+  run_suite "$@"
   exit 0
 fi
 
 # The caller may pick the run's codec and loop (scripts/test_other_pythons.sh does).
 echo "== test suite, $("$PY" -V 2>&1), codec: $("$PY" -c "import fastframe; print(fastframe.__impl__)"), event loop: ${FASTFRAME_EVENT_LOOP:-default (uvloop)} =="
-"$PY" -m pytest -q -p no:cacheprovider "$@" .
+run_suite "$@"
 # A short coverage-guided differential fuzz run of both codecs (fuzz/README.md
 # has the long run); FASTFRAME_FUZZ_SECONDS=0 leaves it out.
 FUZZ_SECONDS=${FASTFRAME_FUZZ_SECONDS:-90}
@@ -79,4 +95,4 @@ fi
 # This run also takes asyncio's own event loop for the orchestrator, the
 # first one uvloop (installed with the test extra): both loops run every test.
 echo "== test suite, $("$PY" -V 2>&1), FASTFRAME_PUREPYTHON=1, FASTFRAME_EVENT_LOOP=asyncio =="
-FASTFRAME_PUREPYTHON=1 FASTFRAME_EVENT_LOOP=asyncio "$PY" -m pytest -q -p no:cacheprovider "$@" .
+FASTFRAME_PUREPYTHON=1 FASTFRAME_EVENT_LOOP=asyncio run_suite "$@"

@@ -8,6 +8,12 @@ package is pure by design: on an interpreter other than CPython (setup.py
 builds no extension there) and under ``FASTFRAME_NO_EXTENSIONS=1``, the
 setting that installs the pure package on purpose. Tests marked
 ``needs_extension`` skip there too.
+
+Under pytest-xdist (``scripts/test.sh`` runs the suite on every core), the
+RabbitMQ tests run one at a time on one worker: some of them stop or kill
+the one broker all of them use. The controller sees test ids only, so a test
+marked ``rabbitmq`` must say "rabbitmq" in its id (its module's name or its
+own); collection fails otherwise.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import pytest
 import fastframe.codec
 
 IMPLEMENTATIONS = ("c", "python")
+BROKER_SCOPE = "rabbitmq"
 # The original system's bytes (data/README.md); FASTFRAME_CONFORMANCE points
 # the tests at another copy of them.
 CONFORMANCE = Path(os.environ.get("FASTFRAME_CONFORMANCE",
@@ -30,6 +37,26 @@ PURE_BY_DESIGN = (platform.python_implementation() != "CPython"
 NO_EXTENSION = (f"the Cython codec is not built on {platform.python_implementation()}"
                 if platform.python_implementation() != "CPython"
                 else "FASTFRAME_NO_EXTENSIONS is set: a pure install, on purpose")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("rabbitmq") and BROKER_SCOPE not in item.nodeid:
+            raise pytest.UsageError(f"{item.nodeid} is marked rabbitmq: its id must say "
+                                    f"'{BROKER_SCOPE}' so that xdist runs it beside no other "
+                                    "broker test (tests/conftest.py)")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Each test a unit of its own, except the broker tests: one unit, one worker."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BrokerTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return BROKER_SCOPE if BROKER_SCOPE in nodeid else nodeid
+
+    return BrokerTestsTogether(config, log)
 
 
 def pytest_runtest_setup(item):

@@ -36,8 +36,9 @@ from test_orchestrator import (
 )
 
 resource = pytest.importorskip("resource", reason="POSIX resource limits (not on Windows)")
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
-                                reason="reads memory and descriptors from /proc (Linux)")
+pytestmark = [pytest.mark.skipif(not Path("/proc/self/status").exists(),
+                                 reason="reads memory and descriptors from /proc (Linux)"),
+              pytest.mark.alone]
 
 MAX_SLOWDOWN = 1.5       # the healthy send under attack, against its baseline
 MAX_STALL = 5.0          # any one send under attack, against the baseline: no stall
