@@ -8,6 +8,7 @@
 #
 #   3.11  Cython codec, uvloop         scripts/test.sh (README), and fuzzing
 #   3.9   Cython codec, uvloop         here
+#   3.10  Cython codec, asyncio's loop here (FASTFRAME_EVENT_LOOP=asyncio)
 #   3.12  Cython codec, uvloop         scripts/test_wheel_from_sdist.sh: the wheel
 #   3.13  pure codec, asyncio's loop   here (FASTFRAME_PUREPYTHON=1,
 #                                      FASTFRAME_EVENT_LOOP=asyncio)
@@ -15,7 +16,7 @@
 #
 #     bash scripts/test_other_pythons.sh [PYTHON...]
 #
-# Without arguments, that matrix: CPython 3.9 and 3.13 from pyenv ($PYENV_ROOT,
+# Without arguments, that matrix: CPython 3.9, 3.10 and 3.13 from pyenv ($PYENV_ROOT,
 # default ~/.pyenv, the newest patch release of each) and Debian's PyPy
 # (/usr/bin/pypy3; installed with apt-get when missing, as root). With
 # arguments, each PYTHON on the defaults. A missing interpreter is an error:
@@ -37,6 +38,8 @@ if [ "$#" -gt 0 ]; then
 else
   pythons+=("$(pyenv_python 3.9)")
   settings+=("")
+  pythons+=("$(pyenv_python 3.10)")
+  settings+=("FASTFRAME_EVENT_LOOP=asyncio")
   pythons+=("$(pyenv_python 3.13)")
   settings+=("FASTFRAME_PUREPYTHON=1 FASTFRAME_EVENT_LOOP=asyncio")
   if [ ! -x /usr/bin/pypy3 ]; then
