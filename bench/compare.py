@@ -24,8 +24,9 @@ project (the orchestrator's §8 step: validate, keep the query columns,
 re-encode); the orchestrator end to end (client frames replayed over loopback
 into ``Orchestrator`` + ``FileSink``) and the client (``Client.send_folder``,
 CSV to wire); then sinks: the same send into the file sink, RabbitMQ (with
-``FASTFRAME_AMQP_URL``; the broker's own CPU too when ``.ci/rabbitmq.sh``
-started it) and a sink that settles at once, and the file and RabbitMQ sinks
+``FASTFRAME_AMQP_URL``; classic queues, then quorum queues; the broker's own
+CPU too when ``.ci/rabbitmq.sh`` started it) and a sink that settles at once,
+and the file and RabbitMQ sinks
 alone on that send's DataBatch frames; then memory: the orchestrator's peak
 RSS with 32 clients streaming, and tracemalloc's peak for one decode; then
 connections: the accept rate of ``fastframe serve``, its RSS per idle
@@ -824,7 +825,9 @@ def sink_comparison(wl: workload.Workload, repeats: int
                     ) -> Optional[Tuple[List[Result], List[Result], Optional[Dict[str, float]]]]:
     """The same ``Client.send_folder`` into an in-process orchestrator whose sink is a
     ``FileSink`` (fsync always, ``serve``'s default), a ``RabbitMQSink`` on the broker
-    at ``FASTFRAME_AMQP_URL`` or an ``InstantSink``, runs alternating; then the file
+    at ``FASTFRAME_AMQP_URL`` with classic queues, one with quorum queues (what
+    ``--queue-type quorum`` costs on one node) or an ``InstantSink``, runs
+    alternating; then the file
     and RabbitMQ sinks alone on one send's DataBatch frames (``_sinks_alone``);
     ``None`` without a broker. Also, for a local broker, its CPU time per RabbitMQ
     run and per MB published.
@@ -849,7 +852,8 @@ def sink_comparison(wl: workload.Workload, repeats: int
         finally:
             connection.close()
 
-    samples: Dict[str, List[int]] = {"file": [], "rabbitmq": [], "instant": []}
+    samples: Dict[str, List[int]] = {"file": [], "rabbitmq": [], "rabbitmq quorum": [],
+                                     "instant": []}
     cpu: Dict[str, List[int]] = {kind: [] for kind in samples}
     broker_ns: List[int] = []
     published = 0
@@ -858,10 +862,13 @@ def sink_comparison(wl: workload.Workload, repeats: int
         for _ in range(repeats):
             for kind in samples:
                 gc.collect()
-                topology = Topology(f"fastframe-bench-{uuid.uuid4().hex[:8]}")
+                rabbit = kind.startswith("rabbitmq")
+                topology = Topology(f"fastframe-bench-{uuid.uuid4().hex[:8]}",
+                                    "quorum" if kind == "rabbitmq quorum" else "classic")
                 sink = (FileSink(Path(tmp) / "sink.bin", fsync="always") if kind == "file"
-                        else RabbitMQSink(url, exchange=topology.exchange)
-                        if kind == "rabbitmq" else InstantSink())
+                        else RabbitMQSink(url, exchange=topology.exchange,
+                                          queue_type=topology.queue_type)
+                        if rabbit else InstantSink())
                 server = Orchestrator(sink, "127.0.0.1", 0)
                 thread = threading.Thread(target=server.serve_forever, name="bench-sink")
                 thread.start()
@@ -878,7 +885,7 @@ def sink_comparison(wl: workload.Workload, repeats: int
                     server.shutdown()
                     thread.join()
                     (Path(tmp) / "sink.bin").unlink(missing_ok=True)
-                    if kind == "rabbitmq":
+                    if rabbit:
                         delete_topology(topology)
                 sent = summary.bytes_sent
                 if kind == "rabbitmq":
@@ -887,8 +894,8 @@ def sink_comparison(wl: workload.Workload, repeats: int
     results = [Result("sinks: file vs RabbitMQ", f"{sent / MB:.1f} MB of client frames",
                       f"fastframe -> {kind}", samples[kind], cpu[kind], sent, wl.csv_rows, sent,
                       "Client.send_folder, orchestrator in-process; FileSink fsync=always, "
-                      "RabbitMQSink on the local broker, InstantSink settles at once; "
-                      "cpu = this process, not the broker")
+                      "RabbitMQSink on the local broker (classic or quorum queues), "
+                      "InstantSink settles at once; cpu = this process, not the broker")
                for kind in samples]
     broker = None
     if broker_ns:
@@ -1522,7 +1529,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             results += sinks + alone
             print_table(f"sinks: file vs RabbitMQ: {sinks[0].table}", sinks, None)
             print(f"RabbitMQ / file throughput: {sinks[0].median / sinks[1].median:.2f}x "
-                  f"(target >= 0.7x)")
+                  f"(target >= 0.7x); with quorum queues: "
+                  f"{sinks[0].median / sinks[2].median:.2f}x")
             print_table(f"sinks alone: {alone[0].table}", alone, None)
             print(f"RabbitMQ / file throughput, sinks alone: "
                   f"{alone[0].median / alone[1].median:.2f}x")
