@@ -26,12 +26,11 @@ into ``Orchestrator`` + ``FileSink``) and the client (``Client.send_folder``,
 CSV to wire); then sinks: the same send into the file sink, RabbitMQ (with
 ``FASTFRAME_AMQP_URL``; classic queues, then quorum queues; the broker's own
 CPU too when ``.ci/rabbitmq.sh`` started it) and a sink that settles at once,
-and the file and RabbitMQ sinks
-alone on that send's DataBatch frames; then memory: the orchestrator's peak
-RSS with 32 clients streaming, and tracemalloc's peak for one decode; then
-connections: the accept rate of ``fastframe serve``, its RSS per idle
-connection, and a healthy client's throughput beside 2,000 idle connections
-and without them.
+and the file and RabbitMQ sinks alone on that send's DataBatch frames; then
+memory: the orchestrator's peak RSS with 32 clients streaming, and
+tracemalloc's peak for one decode; then connections: the accept rate of
+``fastframe serve``, its RSS per idle connection, and a healthy client's
+throughput beside 2,000 idle connections and without them.
 ``--plot`` draws the codec tables of the transactions batch as a bar chart.
 
 Decode to Arrow (the transactions batch only): ``decode_arrow`` on both
@@ -827,10 +826,9 @@ def sink_comparison(wl: workload.Workload, repeats: int
     ``FileSink`` (fsync always, ``serve``'s default), a ``RabbitMQSink`` on the broker
     at ``FASTFRAME_AMQP_URL`` with classic queues, one with quorum queues (what
     ``--queue-type quorum`` costs on one node) or an ``InstantSink``, runs
-    alternating; then the file
-    and RabbitMQ sinks alone on one send's DataBatch frames (``_sinks_alone``);
-    ``None`` without a broker. Also, for a local broker, its CPU time per RabbitMQ
-    run and per MB published.
+    alternating; then the file and RabbitMQ sinks alone on one send's DataBatch
+    frames (``_sinks_alone``); ``None`` without a broker. Also, for a local
+    broker, its CPU time per (classic) RabbitMQ run and per MB published.
 
     Each RabbitMQ run publishes to an exchange and queues of its own, deleted after it.
     """
