@@ -24,9 +24,10 @@ project (the orchestrator's §8 step: validate, keep the query columns,
 re-encode); the orchestrator end to end (client frames replayed over loopback
 into ``Orchestrator`` + ``FileSink``) and the client (``Client.send_folder``,
 CSV to wire); then sinks: the same send into the file sink, RabbitMQ (with
-``FASTFRAME_AMQP_URL``; classic queues, then quorum queues; the broker's own
-CPU too when ``.ci/rabbitmq.sh`` started it) and a sink that settles at once,
-and the file and RabbitMQ sinks alone on that send's DataBatch frames; then
+``FASTFRAME_AMQP_URL``, whose product and version it prints; classic queues,
+then quorum queues; the broker's own CPU too when ``.ci/rabbitmq.sh`` started
+it) and a sink that settles at once, and the file and RabbitMQ sinks alone on
+that send's DataBatch frames; then
 memory: the orchestrator's peak RSS with 32 clients streaming, and
 tracemalloc's peak for one decode; then connections: the accept rate of
 ``fastframe serve``, its RSS per idle connection, and a healthy client's
@@ -820,6 +821,20 @@ def _sinks_alone(wl: workload.Workload, url: str, repeats: int, tmp: Path,
             for kind in samples]
 
 
+def broker_version(url: str) -> str:
+    """What the broker at ``url`` says it is: "RabbitMQ 4.0.5 on Erlang/OTP 27.3.4.1"."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        # The connection.start frame's properties; BlockingConnection has no public accessor.
+        props = {k: v.decode() if isinstance(v, bytes) else str(v)
+                 for k, v in connection._impl.server_properties.items()}
+    finally:
+        connection.close()
+    return f"{props.get('product', '?')} {props.get('version', '?')} on {props.get('platform', '?')}"
+
+
 def sink_comparison(wl: workload.Workload, repeats: int
                     ) -> Optional[Tuple[List[Result], List[Result], Optional[Dict[str, float]]]]:
     """The same ``Client.send_folder`` into an in-process orchestrator whose sink is a
@@ -1526,6 +1541,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sinks, alone, broker = compared
             results += sinks + alone
             print_table(f"sinks: file vs RabbitMQ: {sinks[0].table}", sinks, None)
+            print(f"broker: {broker_version(os.environ['FASTFRAME_AMQP_URL'])}")
             print(f"RabbitMQ / file throughput: {sinks[0].median / sinks[1].median:.2f}x "
                   f"(target >= 0.7x); with quorum queues: "
                   f"{sinks[0].median / sinks[2].median:.2f}x")
