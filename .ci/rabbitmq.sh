@@ -71,13 +71,17 @@ _rabbitmq_sudo() { [ "$(id -u)" = 0 ] || echo sudo; }
 # Sets _rabbitmq_cmd to the command line that runs its arguments in the root,
 # as the calling user, in a mount namespace of its own with the root's /proc
 # and the node's directory (FASTFRAME_RABBITMQ_DIR) mounted, with the
-# caller's environment (the node's variables) and HOME in that directory.
+# caller's environment (the node's variables) and HOME in that directory (the
+# node writes a .erlang.cookie there even with -setcookie).
 _rabbitmq_root_cmd() {
     local dir=$FASTFRAME_RABBITMQ_DIR user=""
-    [ "$(id -u)" = 0 ] || user="--userspec=$(id -u):$(id -g)"
+    _rabbitmq_cmd=()
+    if [ "$(id -u)" != 0 ]; then
+        _rabbitmq_cmd=(sudo --preserve-env)
+        user="--userspec=$(id -u):$(id -g)"
+    fi
     # shellcheck disable=SC2016  # expanded by the inner shell
-    _rabbitmq_cmd=($(_rabbitmq_sudo) ${user:+--preserve-env}
-        unshare --mount --propagation private -- /bin/sh -c '
+    _rabbitmq_cmd+=(unshare --mount --propagation private -- /bin/sh -c '
             root=$1 dir=$2 user=$3
             shift 3
             mount -t proc proc "$root/proc" &&
@@ -126,10 +130,12 @@ rabbitmq_install() {
     sudo=$(_rabbitmq_sudo)
     if ! command -v debootstrap >/dev/null; then
         _rabbitmq_log "installing debootstrap"
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-            $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-                --no-install-recommends debootstrap debian-archive-keyring ||
-            { _rabbitmq_log "apt-get failed"; return 1; }
+        if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q ||
+            ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                --no-install-recommends debootstrap debian-archive-keyring; then
+            _rabbitmq_log "apt-get failed"
+            return 1
+        fi
     fi
     _rabbitmq_log "building $root: Debian $_RABBITMQ_SUITE with rabbitmq-server"
     log=$(mktemp "${TMPDIR:-/tmp}/fastframe-debootstrap.XXXXXX")
@@ -230,11 +236,10 @@ _rabbitmq_launch() {
     local dir=$FASTFRAME_RABBITMQ_DIR deadline node
     local limit=${FASTFRAME_RABBITMQ_START_TIMEOUT:-60}
     rm -f "$RABBITMQ_PID_FILE"
-    # HOME: the node writes a .erlang.cookie there even with -setcookie.
-    # shellcheck disable=SC2016  # expanded by the shell in the root
     # The redirections are the subshell's: on the function call, bash would keep
     # a copy of our stdout open in the node, and a caller reading it to its end
     # would wait for the node to exit.
+    # shellcheck disable=SC2016  # expanded by the shell in the root
     (_rabbitmq_in_root /bin/sh -c 'cd "$HOME" && exec "$0"' "$_RABBITMQ_BIN/rabbitmq-server") \
         </dev/null >>"$dir/log/startup.log" 2>&1 &
     echo $! >"$dir/launcher.pid"
